@@ -1,0 +1,146 @@
+"""Attach the adaptable tensors to a frozen base with peft, read them out as a dict, save and load them.
+
+peft owns the adapter modules and the on-disk format; metalearn owns only the tensors' values.
+LoRA and a soft prompt combine by wrapping the LoRA-injected model in a prompt-tuning PeftModel
+(a PeftModel holds one adapter type); they save as two adapter folders: LoRA at the root, the
+soft prompt in ``prompt/``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .config import AdapterConfig
+from .types import Params
+
+log = logging.getLogger("metalearn")
+
+PEFT_TASK_TYPES = {"causal": "CAUSAL_LM", "encoder": "FEATURE_EXTRACTION", "seq2seq": "SEQ_2_SEQ_LM"}
+PROMPT_SUBFOLDER = "prompt"
+
+
+@dataclass
+class Adapted:
+    """The base with adapters attached: the module to call, and the peft models that own the adapters."""
+
+    module: nn.Module  # the outermost module; call this
+    lora: Optional[nn.Module]  # peft LoRA model (None without LoRA)
+    prompt: Optional[nn.Module]  # peft prompt-tuning model (None without a soft prompt)
+    names: tuple[str, ...]  # names (in ``module``) of the adaptable tensors
+
+    @property
+    def n_virtual_tokens(self) -> int:
+        if self.prompt is None:
+            return 0
+        return self.prompt.peft_config["default"].num_virtual_tokens
+
+
+def check_target_modules(model: nn.Module, targets) -> None:
+    """Raise if a LoRA target module name matches nothing in ``model``."""
+    names = [n for n, _ in model.named_modules()]
+    leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)
+                     or type(m).__name__ in ("Linear4bit", "Linear8bitLt", "Conv1D", "Embedding")})
+    for target in targets:
+        if not any(n == target or n.endswith("." + target) for n in names):
+            raise ValueError(f"LoRA target module {target!r} does not exist in {type(model).__name__}; "
+                             f"linear layers it has: {leaves}")
+
+
+def attach(base: nn.Module, model_type: str, config: AdapterConfig, tokenizer=None) -> Adapted:
+    """Wrap ``base`` with peft LoRA and/or a soft prompt as ``config`` asks.
+
+    A plain ``nn.Module`` without ``target_modules`` is meta-learned whole (classic MAML).
+    """
+    from peft import LoraConfig, PromptTuningConfig, get_peft_model
+
+    if model_type == "module" and (not config.lora or config.target_modules is None):
+        for p in base.parameters():
+            p.requires_grad_(True)
+        log.info("plain nn.Module without LoRA target modules: all of its parameters are meta-learned")
+        return Adapted(base, None, None, tuple(n for n, _ in base.named_parameters()))
+    if config.prompt_tokens and model_type == "module":
+        raise ValueError("prompt_tokens > 0 needs a transformers model with token embeddings; set prompt_tokens=0")
+    trainable: list[nn.Parameter] = []
+    module, lora, prompt = base, None, None
+    if config.lora:
+        if config.target_modules is not None:
+            check_target_modules(base, config.target_modules)
+        lora_cfg = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha or 2 * config.lora_r,
+                              lora_dropout=config.lora_dropout, target_modules=config.target_modules,
+                              init_lora_weights=config.init_lora_weights,
+                              task_type=PEFT_TASK_TYPES.get(model_type))
+        try:
+            lora = get_peft_model(base, lora_cfg)
+        except ValueError as err:
+            raise ValueError(f"peft could not add LoRA to {type(base).__name__}: {err}. Set "
+                             "adapter.target_modules to names of its linear layers") from None
+        trainable += [p for p in lora.parameters() if p.requires_grad]
+        module = lora
+    if config.prompt_tokens:
+        inner = lora.base_model.model if lora is not None else base
+        prompt = get_peft_model(inner, PromptTuningConfig(task_type=PEFT_TASK_TYPES[model_type],
+                                                          num_virtual_tokens=config.prompt_tokens))
+        if config.prompt_init_text:
+            init_prompt_from_text(prompt, config.prompt_init_text, tokenizer)
+        trainable += [p for p in prompt.parameters() if p.requires_grad]
+        module = prompt
+    ids = {id(p) for p in trainable}
+    for p in trainable:
+        p.requires_grad_(True)
+    names = tuple(n for n, p in module.named_parameters() if id(p) in ids)
+    return Adapted(module, lora, prompt, names)
+
+
+def init_prompt_from_text(prompt_model: nn.Module, text: str, tokenizer) -> None:
+    """Initialize the soft prompt with the embeddings of ``text``'s tokens (repeated to length)."""
+    if tokenizer is None:
+        raise ValueError("adapter.prompt_init_text needs a tokenizer; pass one or drop prompt_init_text")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"adapter.prompt_init_text={text!r} has no tokens; give a non-empty text")
+    n = prompt_model.peft_config["default"].num_virtual_tokens
+    ids = torch.tensor((ids * n)[:n])
+    with torch.no_grad():
+        emb = prompt_model.get_input_embeddings()(ids)
+        prompt_model.prompt_encoder["default"].embedding.weight.copy_(emb.float())
+
+
+def adaptable_params(adapted: Adapted) -> Params:
+    """The adaptable tensors by name (views of the module's own parameters)."""
+    named = dict(adapted.module.named_parameters())
+    return {n: named[n] for n in adapted.names}
+
+
+def write_params(adapted: Adapted, params: Params) -> None:
+    """Copy tensor values into the module's adapter parameters (before saving or plain inference)."""
+    named = dict(adapted.module.named_parameters())
+    with torch.no_grad():
+        for name, value in params.items():
+            if name in named:
+                named[name].copy_(value.detach().to(named[name].dtype))
+
+
+def save_adapters(adapted: Adapted, path: str) -> None:
+    """Write the standard peft adapter folder(s) for the current parameter values."""
+    if adapted.lora is not None:
+        adapted.lora.save_pretrained(path)
+    if adapted.prompt is not None:
+        adapted.prompt.save_pretrained(os.path.join(path, PROMPT_SUBFOLDER) if adapted.lora is not None else path)
+
+
+def load_adapters(base: nn.Module, path: str) -> nn.Module:
+    """Load what ``save_adapters`` wrote onto ``base`` with peft alone (no metalearn state needed)."""
+    from peft import PeftModel
+
+    has_lora = os.path.exists(os.path.join(path, "adapter_config.json"))
+    prompt_dir = os.path.join(path, PROMPT_SUBFOLDER)
+    model = PeftModel.from_pretrained(base, path) if has_lora else base
+    if os.path.exists(os.path.join(prompt_dir, "adapter_config.json")):
+        inner = model.base_model.model if has_lora else base
+        model = PeftModel.from_pretrained(inner, prompt_dir)
+    return model

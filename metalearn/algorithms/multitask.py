@@ -1,0 +1,24 @@
+"""Multi-task joint training, the strongest transfer baseline: no inner loop, one shared set of tensors.
+
+Each task contributes the gradient of its loss at the shared parameters on support and query
+together. For classification with a prototype head the prototypes come from the support set and the
+loss is taken on the query set (a prototypical-network objective: labels are episode-local).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..learner import Episode, Learner
+from .base import TaskGradient, grads_for
+
+
+def task_gradient(learner: Learner, episode: Episode, on_loss=None) -> TaskGradient:
+    meta = learner.meta_parameters()
+    params = learner.start_params(episode)
+    if episode.kind == "classification":
+        loss = learner.loss(params, episode.query, episode.kind)
+    else:
+        loss = (learner.loss(params, episode.support, episode.kind) + learner.loss(params, episode.query, episode.kind)) / 2
+    if on_loss is not None:
+        on_loss(-1, loss)
+    return TaskGradient(grads_for(loss, meta), float(loss.detach()), [])

@@ -1,0 +1,180 @@
+"""Settings for a meta-learning run, as dataclasses that validate themselves on construction.
+
+Every invalid value raises ``ValueError`` naming the field, the value and the fix, before any model
+is loaded or any file is written. ``RunConfig.to_dict``/``from_dict`` round-trip through JSON.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+METHODS = ("maml", "fomaml", "reptile", "metasgd", "anil", "multitask")
+INNER_OPTIMIZERS = ("sgd", "adam")
+QUANTIZATIONS = (None, "nf4", "int8")
+MODEL_TYPES = ("auto", "causal", "encoder", "seq2seq")
+HEADS = (None, "prototype", "learned")
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+
+
+def _check(ok: bool, field_name: str, value: Any, fix: str) -> None:
+    if not ok:
+        raise ValueError(f"{field_name}={value!r} is invalid: {fix}")
+
+
+@dataclass
+class BaseConfig:
+    """Which frozen base model to load and how (QLoRA: ``quantization="nf4"``, double quant on)."""
+
+    name_or_path: Optional[str] = None
+    model_type: str = "auto"
+    quantization: Optional[str] = None
+    double_quant: bool = True
+    compute_dtype: str = "float32"
+    attn_implementation: Optional[str] = None  # None: eager when second order is on, else the model's default
+    max_length: int = 128
+
+    def __post_init__(self) -> None:
+        _check(self.model_type in MODEL_TYPES, "model_type", self.model_type, f"use one of {MODEL_TYPES}")
+        _check(self.quantization in QUANTIZATIONS, "quantization", self.quantization,
+               "use None, 'nf4' (4-bit NormalFloat, QLoRA) or 'int8'")
+        _check(self.compute_dtype in DTYPES, "compute_dtype", self.compute_dtype, f"use one of {DTYPES}")
+        _check(self.max_length > 0, "max_length", self.max_length, "use a positive token count")
+
+
+@dataclass
+class AdapterConfig:
+    """Which tensors are meta-learned: LoRA (peft), a soft prompt, and/or a task head."""
+
+    lora_r: int = 8
+    lora_alpha: Optional[float] = None  # None: 2 * r
+    lora_dropout: float = 0.0
+    target_modules: Optional[Sequence[str]] = None  # None: peft's defaults for the architecture
+    init_lora_weights: Any = True  # peft's options: True (B=0), "gaussian", "pissa", "olora", ...
+    prompt_tokens: int = 0  # soft prompt length; 0 turns prompt tuning off
+    prompt_init_text: Optional[str] = None  # initialize the soft prompt from this text's embeddings
+    head: Optional[str] = None  # classification: "prototype" (ProtoMAML, any N) or "learned" (fixed N)
+    n_way: Optional[int] = None  # needed by head="learned"
+    lora: bool = True
+
+    def __post_init__(self) -> None:
+        if self.lora:
+            _check(isinstance(self.lora_r, int) and self.lora_r > 0, "lora_r", self.lora_r, "use a positive integer rank")
+        _check(0.0 <= self.lora_dropout < 1.0, "lora_dropout", self.lora_dropout, "use a value in [0, 1)")
+        _check(isinstance(self.prompt_tokens, int) and self.prompt_tokens >= 0, "prompt_tokens",
+               self.prompt_tokens, "use 0 (off) or a positive number of virtual tokens")
+        _check(self.head in HEADS, "head", self.head, f"use one of {HEADS}")
+        if self.head == "learned":
+            _check(isinstance(self.n_way, int) and self.n_way >= 2, "n_way", self.n_way,
+                   "head='learned' needs n_way >= 2 (or use head='prototype', which works for any N)")
+        if self.target_modules is not None:
+            self.target_modules = list(self.target_modules)
+            _check(len(self.target_modules) > 0, "target_modules", self.target_modules,
+                   "name at least one module, or pass None for peft's defaults")
+
+
+@dataclass
+class InnerConfig:
+    """The unrolled, differentiable inner loop (task adaptation)."""
+
+    steps: int = 3
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    lora_plus_ratio: float = 1.0  # LoRA+: B's learning rate = lr * ratio
+    learn_step_sizes: bool = False  # Meta-SGD: one learned step size per tensor
+    per_step: bool = False  # Meta-SGD: one per tensor and per step
+    order: str = "second"  # "second", "first" (detach inner gradients) or "truncated"
+    truncate: Optional[int] = None  # with order="truncated": backpropagate through the last T steps
+    checkpoint: bool = False  # non-reentrant activation checkpointing of each inner step
+    clip_norm: Optional[float] = None  # clip each inner gradient's global norm
+    adam_betas: tuple = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    trainable: Optional[Sequence[str]] = None  # ANIL: substrings of the names adapted in the inner loop
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.steps, int) and self.steps >= 0, "steps", self.steps, "use a non-negative integer")
+        _check(self.lr > 0, "lr", self.lr, "use a positive learning rate")
+        _check(self.optimizer in INNER_OPTIMIZERS, "optimizer", self.optimizer, f"use one of {INNER_OPTIMIZERS}")
+        _check(self.lora_plus_ratio > 0, "lora_plus_ratio", self.lora_plus_ratio, "use a positive multiplier (1 = off)")
+        _check(self.order in ("second", "first", "truncated"), "order", self.order,
+               "use 'second', 'first' or 'truncated'")
+        if self.order == "truncated":
+            _check(isinstance(self.truncate, int) and 1 <= self.truncate <= max(self.steps, 1), "truncate",
+                   self.truncate, f"order='truncated' needs 1 <= truncate <= steps ({self.steps})")
+        if self.clip_norm is not None:
+            _check(self.clip_norm > 0, "clip_norm", self.clip_norm, "use a positive norm or None")
+        self.adam_betas = tuple(self.adam_betas)
+
+
+@dataclass
+class OuterConfig:
+    """The outer (meta) loop: algorithm, meta-batch, meta-optimizer and schedule."""
+
+    method: str = "maml"
+    meta_batch: int = 4
+    meta_steps: int = 100
+    lr: float = 1e-3
+    optimizer: str = "adamw"  # "adamw" or "sgd" (Reptile's classic outer step)
+    weight_decay: float = 0.0
+    clip_norm: Optional[float] = 1.0
+    schedule: str = "constant"  # "constant", "cosine" or "linear"
+    warmup_steps: int = 0
+    seed: int = 0
+    eval_every: int = 0  # validate on the val split every N meta-steps (0: only at the end)
+    eval_tasks: int = 8
+
+    def __post_init__(self) -> None:
+        _check(self.method in METHODS, "method", self.method, f"use one of {METHODS}")
+        _check(isinstance(self.meta_batch, int) and self.meta_batch >= 1, "meta_batch", self.meta_batch,
+               "use a positive number of tasks per meta-step")
+        _check(isinstance(self.meta_steps, int) and self.meta_steps >= 0, "meta_steps", self.meta_steps,
+               "use a non-negative integer")
+        _check(self.lr > 0, "lr", self.lr, "use a positive meta learning rate")
+        _check(self.optimizer in ("adamw", "sgd"), "optimizer", self.optimizer, "use 'adamw' or 'sgd'")
+        _check(self.schedule in ("constant", "cosine", "linear"), "schedule", self.schedule,
+               "use 'constant', 'cosine' or 'linear'")
+        if self.clip_norm is not None:
+            _check(self.clip_norm > 0, "clip_norm", self.clip_norm, "use a positive norm or None")
+
+
+@dataclass
+class RunConfig:
+    """Everything ``metalearn.fit`` needs besides the family and the model."""
+
+    base: BaseConfig = field(default_factory=BaseConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    inner: InnerConfig = field(default_factory=InnerConfig)
+    outer: OuterConfig = field(default_factory=OuterConfig)
+
+    def __post_init__(self) -> None:
+        method = self.outer.method
+        needs_inner = method not in ("multitask",)
+        if needs_inner and self.inner.steps == 0:
+            raise ValueError(f"inner.steps=0 is invalid: method {method!r} adapts in an inner loop; "
+                             "use inner.steps >= 1 (or method='multitask', which has no inner loop)")
+        if method == "metasgd":
+            self.inner.learn_step_sizes = True
+        if method == "fomaml":
+            self.inner.order = "first"
+        if method == "anil" and not self.inner.trainable:
+            raise ValueError("inner.trainable=None is invalid for method='anil': name the tensors adapted in the "
+                             "inner loop, e.g. trainable=['head'] or ['prompt_encoder']")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        known = {"base": BaseConfig, "adapter": AdapterConfig, "inner": InnerConfig, "outer": OuterConfig}
+        unknown = set(data) - set(known)
+        if unknown:
+            raise ValueError(f"unknown config section(s) {sorted(unknown)}; use {sorted(known)}")
+        parts = {}
+        for name, klass in known.items():
+            values = dict(data.get(name) or {})
+            names = {f.name for f in dataclasses.fields(klass)}
+            bad = set(values) - names
+            if bad:
+                raise ValueError(f"unknown {name} setting(s) {sorted(bad)}; known: {sorted(names)}")
+            parts[name] = klass(**values)
+        return cls(**parts)

@@ -1,0 +1,166 @@
+"""``metalearn.fit``: the outer loop from a task family to a meta-learned initialization.
+
+family ─sample─▶ tasks ─encode─▶ episodes ─algorithm─▶ per-task meta-gradients ─average─▶ AdamW step.
+Each task's graph is freed right after its gradient, so memory does not grow with the meta-batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import algorithms, outer
+from .build import build_learner, needs_second_order
+from .config import AdapterConfig, BaseConfig, InnerConfig, OuterConfig, RunConfig
+from .learner import Learner
+from .tasks.task import check_family
+
+log = logging.getLogger("metalearn")
+
+SECTIONS = {"base": BaseConfig, "adapter": AdapterConfig, "inner": InnerConfig, "outer": OuterConfig}
+ALIASES = {"meta_lr": ("outer", "lr"), "inner_lr": ("inner", "lr"), "inner_steps": ("inner", "steps"),
+           "model_name": ("base", "name_or_path"), "seed": ("outer", "seed"), "method": ("outer", "method")}
+
+
+def make_config(config: Union[RunConfig, dict, None] = None, **overrides: Any) -> RunConfig:
+    """A RunConfig from a config object or dict plus flat keyword overrides.
+
+    A keyword is ``<section>_<field>`` (``inner_lr``, ``outer_clip_norm``), an alias (``meta_lr``,
+    ``inner_steps``, ``method``, ``seed``) or a field name that only one section has (``lora_r``).
+    """
+    if config is None:
+        data: dict = {}
+    elif isinstance(config, RunConfig):
+        data = config.to_dict()
+    elif isinstance(config, dict):
+        data = json.loads(json.dumps(config))
+    else:
+        raise TypeError(f"config must be a RunConfig, a dict or None, not {type(config).__name__}")
+    owners: dict[str, list[str]] = {}
+    for section, klass in SECTIONS.items():
+        for f in dataclasses.fields(klass):
+            owners.setdefault(f.name, []).append(section)
+    for key, value in overrides.items():
+        if key in ALIASES:
+            section, name = ALIASES[key]
+        elif key.split("_", 1)[0] in SECTIONS and key.split("_", 1)[-1] in {f.name for f in dataclasses.fields(SECTIONS[key.split("_", 1)[0]])}:
+            section, name = key.split("_", 1)
+        elif len(owners.get(key, [])) == 1:
+            section, name = owners[key][0], key
+        elif key in owners:
+            raise ValueError(f"keyword {key!r} is ambiguous: say which section, e.g. "
+                             + ", ".join(f"{s}_{key}" for s in owners[key]))
+        else:
+            raise ValueError(f"unknown setting {key!r}; known: {sorted(set(owners) | set(ALIASES))}")
+        data.setdefault(section, {})[name] = value
+    return RunConfig.from_dict(data)
+
+
+def fit(family, model: Optional[nn.Module] = None, *, config: Union[RunConfig, dict, None] = None,
+        tokenizer=None, output_dir: Optional[str] = None, progress: bool = True, **overrides: Any) -> Learner:
+    """Meta-learn an initialization of the adapters on ``family``'s train split.
+
+    Args:
+        family: any object with ``kind`` and ``sample(split, rng) -> Task`` (see ``metalearn.tasks``).
+        model: an in-memory base (transformers model or plain ``nn.Module``); else ``base_name_or_path``.
+        config: a ``RunConfig`` or dict; keyword ``overrides`` (e.g. ``inner_steps=3, meta_lr=1e-3,
+            method="fomaml", lora_r=8, quantization="nf4"``) change single fields.
+        output_dir: where to write ``log.jsonl``, ``training_curve.png`` and the final learner.
+
+    Example:
+        >>> learner = metalearn.fit(metalearn.tasks.load("sinusoid"), model=mlp, meta_steps=1000)
+        >>> adapted = learner.adapt(task.support, steps=5)
+    """
+    config = make_config(config, **overrides)
+    check_family(family)
+    if family.kind == "classification" and config.adapter.head is None:
+        config.adapter.head = "prototype"
+        log.info("classification family: using a prototype-initialized head (ProtoMAML), which works for any N")
+    if output_dir is not None and os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"output_dir={output_dir!r} is a file; give a folder path")
+    torch.manual_seed(config.outer.seed)
+    rng = np.random.default_rng(config.outer.seed)
+    probe_task = family.sample("train", np.random.default_rng(config.outer.seed + 10_000))
+    learner = build_learner(config, model, tokenizer)
+    probe = learner.episode(probe_task)  # raises on a head/kind mismatch before training
+    task_gradient = algorithms.get(config.outer.method)
+    if needs_second_order(config):
+        check_double_backward(learner, probe)
+    meta = learner.meta_parameters()
+    optimizer, scheduler = outer.make_optimizer(meta, config.outer)
+    writer = _LogWriter(output_dir)
+    val_rng_seed = config.outer.seed + 1
+    bar = tqdm(range(config.outer.meta_steps), desc=f"meta-train ({config.outer.method})", disable=not progress)
+    for step in bar:
+        episodes = [learner.episode(family.sample("train", rng)) for _ in range(config.outer.meta_batch)]
+        task_grads = [task_gradient(learner, ep) for ep in episodes]
+        grad_norm = outer.apply(meta, outer.average(task_grads), optimizer, scheduler, config.outer.clip_norm)
+        record = {"step": step + 1, "query_loss": float(np.mean([t.query_loss for t in task_grads])),
+                  "support_loss_first": float(np.mean([t.support_losses[0] for t in task_grads if t.support_losses] or [np.nan])),
+                  "grad_norm": grad_norm, "meta_lr": scheduler.get_last_lr()[0]}
+        if config.outer.eval_every and (step + 1) % config.outer.eval_every == 0:
+            record["val_query_loss"] = validate(learner, family, config.outer.eval_tasks, val_rng_seed)
+        learner.history.append(record)
+        writer.write(record)
+        bar.set_postfix(query=f"{record['query_loss']:.4f}")
+    if output_dir is not None:
+        learner.save(os.path.join(output_dir, "learner"))
+        writer.plot()
+    return learner
+
+
+def validate(learner: Learner, family, n_tasks: int, seed: int) -> float:
+    """Mean query loss after adaptation on ``n_tasks`` val tasks (same tasks every call)."""
+    rng = np.random.default_rng(seed)
+    losses = []
+    for _ in range(n_tasks):
+        episode = learner.episode(family.sample("val", rng))
+        with torch.enable_grad():
+            fast, _ = learner.inner_adapt(episode, order="first")
+        with torch.no_grad():
+            losses.append(float(learner.loss(fast, episode.query, episode.kind)))
+    return float(np.mean(losses))
+
+
+def check_double_backward(learner: Learner, episode) -> None:
+    """Fail fast if the model's kernels have no double backward (needed by second-order MAML)."""
+    try:
+        fast, _ = learner.inner_adapt(episode, steps=1, order="second")
+        loss = learner.loss(fast, episode.query, episode.kind)
+        torch.autograd.grad(loss, list(learner.meta_parameters().values()), allow_unused=True)
+    except RuntimeError as err:
+        if "derivative" in str(err) or "double backward" in str(err) or "not implemented" in str(err):
+            raise ValueError(f"second-order meta-gradients are impossible on this model: {str(err).splitlines()[0]}. "
+                             "Use attn_implementation='eager' (or SDPA's MATH backend), or method='fomaml' / "
+                             "inner order='first'") from None
+        raise
+
+
+class _LogWriter:
+    """Appends one JSON line per meta-step and draws the training curve at the end."""
+
+    def __init__(self, output_dir: Optional[str]):
+        self.dir = output_dir
+        self.records: list[dict] = []
+        if output_dir:
+            os.makedirs(output_dir, exist_ok=True)
+            self.path = os.path.join(output_dir, "log.jsonl")
+            open(self.path, "w").close()
+
+    def write(self, record: dict) -> None:
+        self.records.append(record)
+        if self.dir:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def plot(self) -> None:
+        from .plots import training_curve
+
+        training_curve(self.records, os.path.join(self.dir, "training_curve.png"))

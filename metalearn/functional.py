@@ -1,0 +1,55 @@
+"""A task's loss as a pure function of the adaptable parameters (torch.func style).
+
+Only the adaptable tensors are passed to ``torch.func.functional_call``; the frozen (possibly
+4-bit) base is used in place and never copied. A classification head is not a module: its
+tensors ``head.weight`` (n_way, hidden) and ``head.bias`` (n_way,) live in the same dict, so a
+head initialized from prototypes (ProtoMAML) is adapted and differentiated like any other tensor.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from .model import TaskModel
+from .types import Batch, Params
+
+HEAD_KEYS = ("head.weight", "head.bias")
+
+
+def module_params(params: Params) -> Params:
+    """The entries that belong to the module (everything but the head)."""
+    return {k: v for k, v in params.items() if not k.startswith("head.")}
+
+
+def outputs(model: TaskModel, params: Params, batch: Batch) -> torch.Tensor:
+    """The model's forward with ``params`` substituted for its adaptable tensors."""
+    return functional_call(model, {"module." + k: v for k, v in module_params(params).items()}, (batch,),
+                           strict=False)
+
+
+def logits(model: TaskModel, params: Params, batch: Batch) -> torch.Tensor:
+    """Classification logits (batch, n_way) from pooled features and the head in ``params``."""
+    feats = outputs(model, params, batch)
+    return F.linear(feats, params["head.weight"], params.get("head.bias"))
+
+
+def task_loss(model: TaskModel, params: Params, batch: Batch, kind: str) -> torch.Tensor:
+    """MSE (regression), cross-entropy (classification) or completion-only NLL (generation)."""
+    if kind == "regression":
+        return F.mse_loss(outputs(model, params, batch), batch["y"])
+    if kind == "classification":
+        return F.cross_entropy(logits(model, params, batch), batch["label"])
+    return outputs(model, params, batch)
+
+
+def prototype_head(model: TaskModel, params: Params, support: Batch, n_way: int) -> Params:
+    """ProtoMAML's head: a linear layer equal to the nearest-prototype classifier (Triantafillou et al. 2020).
+
+    With prototypes c_k, ``-||f - c_k||^2 = 2 c_k.f - ||c_k||^2 - ||f||^2``, so W = 2c, b = -||c||^2.
+    Stays differentiable in ``params`` (the meta-gradient flows through the prototypes).
+    """
+    feats = outputs(model, params, support)  # (n, hidden)
+    onehot = F.one_hot(support["label"], n_way).to(feats.dtype)  # (n, n_way)
+    protos = onehot.t() @ feats / onehot.sum(0).clamp_min(1.0).unsqueeze(1)  # (n_way, hidden)
+    return {"head.weight": 2 * protos, "head.bias": -(protos * protos).sum(1)}

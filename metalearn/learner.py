@@ -1,0 +1,207 @@
+"""The Learner: a meta-learned initialization and everything needed to adapt it to a task.
+
+It holds the frozen base (shared, never copied), the peft adapters, the initialization ``init``
+(the meta-learned tensors) and the inner-loop step sizes. ``adapt`` runs the inner loop on a
+support set; ``save`` writes a standard peft adapter folder plus what peft cannot hold.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from . import adapters as adapters_mod
+from .config import RunConfig
+from .functional import logits, outputs, prototype_head, task_loss
+from .inner import build as build_optimizer
+from .inner import initial_step_sizes, unroll
+from .model import TaskModel
+from .tasks.task import Task
+from .types import Batch, Params
+
+log = logging.getLogger("metalearn")
+
+CONFIG_FILE = "metalearn.json"
+STATE_FILE = "metalearn_state.safetensors"
+
+
+@dataclass
+class Episode:
+    """A task's support and query sets encoded for the model (tokenized once, reused every step)."""
+
+    support: Batch
+    query: Batch
+    kind: str
+    n_way: int
+    task_id: str = ""
+
+
+class Learner:
+    """A meta-learned initialization on a frozen base model."""
+
+    def __init__(self, model: TaskModel, adapted: adapters_mod.Adapted, config: RunConfig):
+        self.model = model
+        self.adapted = adapted
+        self.config = config
+        dtype = next(iter(adapters_mod.adaptable_params(adapted).values())).dtype if adapted.names else torch.float32
+        self.init: Params = {n: p.detach().clone().requires_grad_(True)
+                             for n, p in adapters_mod.adaptable_params(adapted).items()}
+        inner = config.inner
+        self.step_sizes: Params = initial_step_sizes(list(self.init) + self._learned_head_names(), inner.lr,
+                                                     inner.lora_plus_ratio, inner.steps, inner.per_step, dtype)
+        if config.adapter.head == "learned":
+            hidden = self._hidden_size()
+            self.init["head.weight"] = torch.zeros(config.adapter.n_way, hidden, dtype=dtype, requires_grad=True)
+            self.init["head.bias"] = torch.zeros(config.adapter.n_way, dtype=dtype, requires_grad=True)
+        if inner.learn_step_sizes:
+            for t in self.step_sizes.values():
+                t.requires_grad_(True)
+        self.optimizer = build_optimizer(inner.optimizer, inner.clip_norm, inner.adam_betas, inner.adam_eps)
+        self.history: list[dict] = []
+
+    # ---- what the outer loop optimizes ----------------------------------------------------------
+    def meta_parameters(self) -> Params:
+        """Every tensor the outer loop learns: the init, plus step sizes for Meta-SGD (prefixed 'lr:')."""
+        out = dict(self.init)
+        if self.config.inner.learn_step_sizes:
+            out.update({"lr:" + n: t for n, t in self.step_sizes.items()})
+        return out
+
+    def _learned_head_names(self) -> list[str]:
+        return ["head.weight", "head.bias"] if self.config.adapter.head in ("learned", "prototype") else []
+
+    def _hidden_size(self) -> int:
+        cfg = getattr(self.adapted.module, "config", None)
+        return int(getattr(cfg, "hidden_size"))
+
+    # ---- task -> episode -> adapted params ------------------------------------------------------
+    def episode(self, task: Task) -> Episode:
+        if self.config.adapter.head is None and task.kind == "classification":
+            raise ValueError(f"task {task.task_id!r} is a classification task but adapter.head is None; set "
+                             "adapter.head='prototype' (any N) or 'learned' (fixed N)")
+        if self.config.adapter.head == "learned" and task.n_way != self.config.adapter.n_way:
+            raise ValueError(f"task {task.task_id!r} has {task.n_way} classes but the learned head has "
+                             f"{self.config.adapter.n_way}; use adapter.head='prototype' for varying N")
+        return Episode(self.model.encode(task.support, task.kind), self.model.encode(task.query, task.kind),
+                       task.kind, task.n_way, task.task_id)
+
+    def loss(self, params: Params, batch: Batch, kind: str) -> torch.Tensor:
+        return task_loss(self.model, params, batch, kind)
+
+    def start_params(self, episode: Episode, init: Optional[Params] = None) -> Params:
+        """The parameters a task starts from: the init, plus a prototype head when asked for."""
+        params = dict(self.init if init is None else init)
+        if episode.kind == "classification" and self.config.adapter.head == "prototype":
+            params.update(prototype_head(self.model, params, episode.support, episode.n_way))
+        return params
+
+    def inner_adapt(self, episode: Episode, steps: Optional[int] = None, order: Optional[str] = None,
+                    init: Optional[Params] = None, on_loss=None) -> tuple[Params, list[float]]:
+        """Run the inner loop on the episode's support set (differentiable unless order='first')."""
+        inner = self.config.inner
+        params = self.start_params(episode, init)
+        steps = inner.steps if steps is None else steps
+        trainable = None
+        if inner.trainable:
+            trainable = [n for n in params if any(s in n for s in inner.trainable)]
+        step_sizes = self.step_sizes
+        if steps > inner.steps and inner.per_step:  # beyond the learned schedule: keep the last step size
+            step_sizes = {n: torch.cat([t, t[-1:].expand(steps - inner.steps)]) for n, t in step_sizes.items()}
+        return unroll(lambda p: self.loss(p, episode.support, episode.kind), params, step_sizes, self.optimizer,
+                      steps, order or inner.order, inner.truncate, inner.checkpoint, trainable, on_loss)
+
+    # ---- public -----------------------------------------------------------------------------------
+    def adapt(self, support: Union[Task, Mapping[str, Any]], steps: Optional[int] = None,
+              kind: Optional[str] = None) -> "AdaptedModel":
+        """Adapt the meta-learned initialization to one task's support set; return the adapted model."""
+        task = support if isinstance(support, Task) else Task(support, support, kind or self._default_kind(),
+                                                              task_id="user")
+        episode = self.episode(task)
+        with torch.enable_grad():
+            fast, losses = self.inner_adapt(episode, steps, order="first")
+        return AdaptedModel(self, {n: t.detach() for n, t in fast.items()}, task.kind, losses)
+
+    def _default_kind(self) -> str:
+        return {"module": "regression", "encoder": "classification"}.get(self.model.model_type, "generation")
+
+    def save(self, path: str) -> None:
+        """Write the init as a peft adapter folder (LoRA at the root, soft prompt in prompt/) plus sidecar files.
+
+        Written to a temporary folder beside ``path`` and renamed into place, so a crash never leaves a
+        half-written adapter where a good one was.
+        """
+        from safetensors.torch import save_file
+
+        parent = os.path.dirname(os.path.abspath(path)) or "."
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".metalearn-save-", dir=parent)
+        try:
+            adapters_mod.write_params(self.adapted, self.init)
+            adapters_mod.save_adapters(self.adapted, tmp)
+            extra = {"lr:" + n: t for n, t in self.step_sizes.items()}
+            extra.update({n: t for n, t in self.init.items()
+                          if n.startswith("head.") or self.adapted.lora is None and self.adapted.prompt is None})
+            save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, os.path.join(tmp, STATE_FILE))
+            meta = {"config": self.config.to_dict(), "model_type": self.model.model_type,
+                    "names": list(self.adapted.names), "format": 1}
+            with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+                json.dump(meta, f, indent=2, default=str)
+            _replace_dir(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+class AdaptedModel:
+    """A task-adapted model: the fast parameters over the shared frozen base."""
+
+    def __init__(self, learner: Learner, params: Params, kind: str, support_losses: list[float]):
+        self.learner = learner
+        self.params = params
+        self.kind = kind
+        self.support_losses = support_losses
+
+    def loss(self, examples: Mapping[str, Any]) -> float:
+        batch = self.learner.model.encode(examples, self.kind)
+        with torch.no_grad():
+            return float(self.learner.loss(self.params, batch, self.kind))
+
+    def predict(self, examples: Mapping[str, Any], max_new_tokens: int = 32) -> Any:
+        """Class indices (classification), outputs (regression) or greedy completions (generation)."""
+        model = self.learner.model
+        with torch.no_grad():
+            if self.kind == "generation":
+                return self.generate(list(examples["prompt"]), max_new_tokens)
+            batch = model.encode(examples, self.kind)
+            if self.kind == "classification":
+                return logits(model, self.params, batch).argmax(-1)
+            return outputs(model, self.params, batch)
+
+    def generate(self, prompts: list[str], max_new_tokens: int = 32) -> list[str]:
+        """Greedy decoding with the adapted parameters (no sampling, so results are reproducible)."""
+        from .generate import greedy
+
+        return greedy(self.learner.model, self.learner.adapted, self.params, prompts, max_new_tokens)
+
+    def as_module(self) -> nn.Module:
+        """Load the adapted tensors into the shared peft module and return it (e.g. for ``.generate``)."""
+        adapters_mod.write_params(self.learner.adapted, self.params)
+        return self.learner.adapted.module
+
+
+def _replace_dir(src: str, dst: str) -> None:
+    """Move folder ``src`` to ``dst``, replacing ``dst`` only after ``src`` is complete."""
+    if os.path.exists(dst):
+        old = dst.rstrip("/") + ".old-" + os.path.basename(src)
+        os.rename(dst, old)
+        os.rename(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(src, dst)

@@ -81,8 +81,10 @@ def columns_of(data: Any, needed: Sequence[str], source: str) -> dict[str, list]
         available = list(data[0]) if data else []
         get = lambda c: [row[c] for row in data]  # noqa: E731
     else:
+        if hasattr(data, "with_format"):  # a datasets.Dataset: plain Python values, read in one slice
+            data = data.with_format(None)
         available = list(getattr(data, "column_names", None) or list(data))
-        get = lambda c: list(data[c])  # noqa: E731
+        get = lambda c: list(data[c][:])  # noqa: E731
     for col in needed:
         if col not in available:
             raise ValueError(

@@ -90,8 +90,11 @@ def attach(base: nn.Module, model_type: str, config: AdapterConfig, tokenizer=No
         trainable += [p for p in prompt.parameters() if p.requires_grad]
         module = prompt
     ids = {id(p) for p in trainable}
+    float64 = any(p.dtype == torch.float64 for p in base.parameters())
     for p in trainable:
         p.requires_grad_(True)
+        if float64:  # peft creates adapters in float32; a float64 base (gradient checks) wants float64
+            p.data = p.data.double()
     names = tuple(n for n, p in module.named_parameters() if id(p) in ids)
     return Adapted(module, lora, prompt, names)
 

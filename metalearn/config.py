@@ -90,6 +90,7 @@ class InnerConfig:
     adam_betas: tuple = (0.9, 0.999)
     adam_eps: float = 1e-8
     trainable: Optional[Sequence[str]] = None  # ANIL: substrings of the names adapted in the inner loop
+    backend: str = "functional"  # "functional" (torch.func) or "higher" (plain nn.Modules only)
 
     def __post_init__(self) -> None:
         _check(isinstance(self.steps, int) and self.steps >= 0, "steps", self.steps, "use a non-negative integer")
@@ -104,6 +105,12 @@ class InnerConfig:
         if self.clip_norm is not None:
             _check(self.clip_norm > 0, "clip_norm", self.clip_norm, "use a positive norm or None")
         self.adam_betas = tuple(self.adam_betas)
+        _check(self.backend in ("functional", "higher"), "backend", self.backend, "use 'functional' or 'higher'")
+        if self.backend == "higher":
+            _check(not self.learn_step_sizes and self.lora_plus_ratio == 1.0 and self.trainable is None
+                   and self.order != "truncated" and not self.checkpoint, "backend", self.backend,
+                   "the higher backend runs plain MAML / first-order MAML only; use backend='functional' for "
+                   "Meta-SGD, LoRA+, ANIL, truncation or checkpointing")
 
 
 @dataclass
@@ -154,6 +161,9 @@ class RunConfig:
                              "use inner.steps >= 1 (or method='multitask', which has no inner loop)")
         if method == "metasgd":
             self.inner.learn_step_sizes = True
+        if self.inner.backend == "higher" and method not in ("maml", "fomaml"):
+            raise ValueError(f"inner.backend='higher' runs method 'maml' or 'fomaml', not {method!r}; use "
+                             "backend='functional'")
         if method == "fomaml":
             self.inner.order = "first"
         if method == "anil" and not self.inner.trainable:

@@ -85,12 +85,21 @@ def fit(family, model: Optional[nn.Module] = None, *, config: Union[RunConfig, d
         log.info("classification family: using a prototype-initialized head (ProtoMAML), which works for any N")
     if output_dir is not None and os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(f"output_dir={output_dir!r} is a file; give a folder path")
+    if config.inner.backend == "higher":
+        if model is None:
+            raise ValueError("backend='higher' needs model=<a plain nn.Module>; transformers models loaded by name "
+                             "cannot be patched by higher. Use backend='functional'")
+        from .algorithms.higher_maml import check_higher_model
+
+        check_higher_model(model)
+        if family.kind != "regression":
+            raise ValueError(f"backend='higher' supports regression families (MSE) only, not {family.kind!r}")
     torch.manual_seed(config.outer.seed)
     rng = np.random.default_rng(config.outer.seed)
     probe_task = family.sample("train", np.random.default_rng(config.outer.seed + 10_000))
     learner = build_learner(config, model, tokenizer)
     probe = learner.episode(probe_task)  # raises on a head/kind mismatch before training
-    task_gradient = algorithms.get(config.outer.method)
+    task_gradient = algorithms.get(config.outer.method, config.inner.backend)
     if needs_second_order(config):
         check_double_backward(learner, probe)
     meta = learner.meta_parameters()

@@ -111,7 +111,9 @@ class TaskModel(nn.Module):
             logits = self.module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             logits = logits[:, self.n_virtual_tokens:][:, :-1]  # (batch, seq-1, vocab)
             targets = labels[:, 1:]
-        nll = nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE,
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()  # a half-precision softmax over the vocabulary loses too much
+        nll = nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE,
                                           reduction="none")  # (batch, seq-1)
         counts = (targets != IGNORE).sum(1).clamp_min(1)
         return nll.sum(1) / counts

@@ -16,9 +16,14 @@ REGISTRY = {
 }
 
 
-def get(method: str):
+def get(method: str, backend: str = "functional"):
+    """The task-gradient function for ``method`` (and inner-loop ``backend``)."""
     if method not in REGISTRY:
         raise ValueError(f"unknown method {method!r}; use one of {sorted(REGISTRY)}")
+    if backend == "higher":
+        from . import higher_maml
+
+        return higher_maml.task_gradient
     return REGISTRY[method]
 
 

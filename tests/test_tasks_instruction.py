@@ -5,7 +5,7 @@ import functools
 
 import numpy as np
 
-from metalearn.tasks import SPLITS, InstructionFamily, load
+from metalearn.tasks import SPLITS, InstructionFamily, data_dir, load
 from metalearn.tasks.sources import instruction_annotations, read
 
 
@@ -51,16 +51,11 @@ def test_instruction_induction_tasks_are_disjoint_and_use_human_instructions():
     parts = {s: set(fam.tasks(s)) for s in SPLITS}
     assert sum(map(len, parts.values())) == 24
     assert not parts["train"] & parts["val"] and not parts["train"] & parts["test"] and not parts["val"] & parts["test"]
-    notes = instruction_annotations(fam_root())
+    notes = instruction_annotations(data_dir())
     templates = fam.templates("antonyms")
     assert templates[:3] == ["Input: {input}\nOutput:", "{input} ->", "Q: {input}\nA:"]
     assert len(templates) == 3 + len(notes["antonyms"])
     assert any(templates[3].startswith(n) for n in notes["antonyms"])
-
-
-def fam_root():
-    from metalearn.tasks import data_dir
-    return data_dir()
 
 
 def test_instruction_induction_pairs_come_from_the_data():

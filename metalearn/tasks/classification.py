@@ -42,7 +42,7 @@ class NWayKShot:
         >>> fam = NWayKShot({"text": list("abcdefgh"), "label": list("xxyyzzww")}, n_way=2, k_shot=1,
         ...                 q_query=1, splits={"train": ["x", "y"], "val": ["z", "w"], "test": ["x"]})
         Traceback (most recent call last):
-        ValueError: meta-splits overlap: class(es) ['x'] are in both 'train' and 'test'; put each class in one split only
+        ValueError: meta-splits overlap: classes ['x'] are in both 'train' and 'test'; put each class in one split only
     """
 
     kind = "classification"
@@ -66,7 +66,7 @@ class NWayKShot:
         for i, label in enumerate(labels):
             rows[label].append(i)
         self._rows = {c: np.asarray(r) for c, r in rows.items()}
-        self._group_of = self._groups(group_by, cols, labels)
+        self._group_of, self._split_by = self._groups(group_by, cols, labels), split_by
         units = sorted(set(self._group_of.values())) if split_by == "group" else sorted(self._rows)
         parts = assign_splits(units, splits, seed, what=split_by)
         if split_by == "group":
@@ -113,7 +113,7 @@ class NWayKShot:
                 sizes = {g: len(c) for g, c in self.groups(split).items()}
                 raise ValueError(
                     f"data set {self.name!r}: no group in split {split!r} has {max_n} classes for n_way={max_n} "
-                    f"(classes per group: {sizes}); lower n_way, or use split_by='group'"
+                    f"(classes per group: {sizes}); lower n_way" + (", or use split_by='group'" if self._split_by == "class" else "")
                 )
 
     # ---------------------------------------------------------------- what a user looks at

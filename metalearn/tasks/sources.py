@@ -82,7 +82,12 @@ def load_files(files: str | Sequence[str], format: str | None = None, delimiter:
         kwargs["delimiter"] = delimiter or ("\t" if fmt == "tsv" else ",")
     else:
         raise ValueError(f"file format {fmt!r} of {paths[0]} is not supported; use json, jsonl, csv or tsv")
-    ds = datasets.load_dataset(builder, data_files=[str(p) for p in paths], split="train", **kwargs)
+    try:
+        ds = datasets.load_dataset(builder, data_files=[str(p) for p in paths], split="train", **kwargs)
+    except ValueError as err:  # datasets' words for a file with a header and no rows
+        if "corresponds to no data" not in str(err):
+            raise
+        ds = []
     if len(ds) == 0:
         raise ValueError(f"data file(s) {', '.join(map(str, paths))} hold no rows; give at least one row")
     return ds

@@ -58,18 +58,19 @@ def _explicit(items: list[str], splits: Mapping[str, Sequence[str]], what: str) 
     missing = [s for s in SPLITS if s not in splits]
     if missing or set(splits) - set(SPLITS):
         raise ValueError(f"explicit splits need exactly the keys {SPLITS}; got {sorted(splits)}")
+    plural = {"class": "classes"}.get(what, what + "s")
     out = {s: [str(x) for x in ([splits[s]] if isinstance(splits[s], str) else splits[s])] for s in SPLITS}
     known = set(items)
     for s, members in out.items():
         unknown = [m for m in members if m not in known]
         if unknown:
-            raise ValueError(f"split {s!r} names unknown {what}(es) {unknown[:10]}; available: {items[:20]}...")
+            raise ValueError(f"split {s!r} names unknown {plural} {unknown[:10]}; available: {items[:20]}")
     for i, a in enumerate(SPLITS):
         for b in SPLITS[i + 1:]:
             overlap = sorted(set(out[a]) & set(out[b]))
             if overlap:
                 raise ValueError(
-                    f"meta-splits overlap: {what}(es) {overlap} are in both {a!r} and {b!r}; "
+                    f"meta-splits overlap: {plural} {overlap} are in both {a!r} and {b!r}; "
                     f"put each {what} in one split only"
                 )
     return out

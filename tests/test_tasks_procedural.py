@@ -100,3 +100,16 @@ def test_affine_instances_cover_all_units():
     fam = TextRules(rules=["affine"], modulus=7)
     total = sum(len(fam.rules(s)) for s in SPLITS)
     assert total == 6 * 7 - 1  # a in 1..6 (all units mod 7), b in 0..6, without the identity
+
+
+def test_a_rule_can_be_read_off_the_support_set():
+    """Learnability: the support pairs pin down a Caesar shift, which then predicts every query."""
+    fam = TextRules(rules=["caesar"], alphabet_size=8, k_shot=2, q_query=6)
+    rng = np.random.default_rng(0)
+    for split in SPLITS:
+        for _ in range(5):
+            task = fam.sample(split, rng)
+            src, dst = task.support["prompt"][0][0], task.support["completion"][0][0]
+            k = (fam.alphabet.index(dst) - fam.alphabet.index(src)) % len(fam.alphabet)
+            for prompt, completion in zip(task.query["prompt"], task.query["completion"]):
+                assert completion == apply_rule("caesar", prompt[:-1], k=k, alphabet=fam.alphabet) + "\n"

@@ -102,3 +102,32 @@ def test_custom_family_protocol_check():
 
     with pytest.raises(TypeError, match="sample"):
         check_family(NoSample())
+
+
+def test_hub_sources_go_through_datasets_load_dataset(tmp_path, monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None, **kwargs):
+        calls.append((path, name, split))
+        return datasets.Dataset.from_dict({"text": [f"t{i}" for i in range(80)], "intent": [i % 8 for i in range(80)]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    (tmp_path / "hub.yaml").write_text(yaml.safe_dump({
+        "family": "classification", "source": {"hub": "clinc_oos", "name": "plus", "split": "validation"},
+        "columns": {"text": "text", "label": "intent"}, "n_way": 2, "splits": [0.5, 0.25, 0.25]}))
+    fam = load(tmp_path / "hub.yaml")
+    assert calls == [("clinc_oos", "plus", "validation")]
+    assert len(fam.sample("train", np.random.default_rng(0)).label_names) == 2
+
+
+def test_data_dir_walks_up_from_the_package_when_unset(tmp_path, monkeypatch):
+    from metalearn.tasks import data_dir
+
+    monkeypatch.delenv("METALEARN_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    root = data_dir()  # found above metalearn/tasks: <repo>/../shared/data
+    assert (root / "hwu64").is_dir() and root.parts[-2:] == ("shared", "data")
+    monkeypatch.setenv("METALEARN_DATA_DIR", str(root))
+    assert data_dir() == root

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-__all__ = ["READERS", "data_dir", "load_files", "load_hub", "read"]
+__all__ = ["READERS", "data_dir", "instruction_annotations", "load_files", "load_hub", "read", "resolve"]
 
 ENV_VAR = "METALEARN_DATA_DIR"
 HWU64_FOLD = "CrossValidation/autoGeneFromRealAnno/autoGene_2018_03_22-13_01_25_169/CrossValidation/KFold_1"

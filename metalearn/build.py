@@ -92,9 +92,10 @@ def _load_peft_values(learner: Learner, path: str) -> None:
         except Exception as err:
             raise ValueError(f"adapter weights in {folder!r} cannot be read ({err}); re-save the learner") from None
         result = set_peft_model_state_dict(peft_model, weights)
-        missing = [k for k in getattr(result, "unexpected_keys", []) or []]
+        missing = [k for k in getattr(result, "missing_keys", []) or [] if "lora_" in k and peft_model is adapted.lora]
         if missing:
-            raise ValueError(f"adapter weights in {folder!r} do not match the model: unexpected {missing[:3]}")
+            raise ValueError(f"adapter weights in {folder!r} do not match the model: missing {missing[:3]}; "
+                             "was it saved from a different base or LoRA config?")
     current = adapters_mod.adaptable_params(adapted)
     with torch.no_grad():
         for name, value in current.items():

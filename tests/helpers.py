@@ -1,12 +1,11 @@
 """Tiny models and families shared by the engine tests (built from configs, no network)."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from metalearn.base import tiny_llama
-from metalearn.tasks.task import Task
+from metalearn.tasks import Sinusoid, Task
 
 
 def small_llama(seed: int = 0, dtype=torch.float32) -> nn.Module:
@@ -54,18 +53,11 @@ class CopyFamily:
 
 
 def sinusoid_task(rng, k: int = 10, q: int = 10, dtype=torch.float32) -> Task:
-    a, phase = rng.uniform(0.1, 5.0), rng.uniform(0, np.pi)
-    x = rng.uniform(-5, 5, (k + q, 1))
-    y = a * np.sin(x + phase)
-    x, y = torch.tensor(x, dtype=dtype), torch.tensor(y, dtype=dtype)
-    return Task({"x": x[:k], "y": y[:k]}, {"x": x[k:], "y": y[k:]}, "regression", task_id=f"sin-{a:.2f}-{phase:.2f}")
+    """One Finn et al. sinusoid task from the library's family, in ``dtype``."""
+    task = Sinusoid(k_shot=k, q_query=q).sample("train", rng)
+    cast = lambda part: {c: v.to(dtype) for c, v in part.items()}  # noqa: E731
+    return Task(cast(task.support), cast(task.query), "regression", task_id=task.task_id)
 
 
-class SinusoidFamily:
-    kind = "regression"
-
-    def __init__(self, k: int = 10, q: int = 10, dtype=torch.float32):
-        self.k, self.q, self.dtype = k, q, dtype
-
-    def sample(self, split, rng):
-        return sinusoid_task(rng, self.k, self.q, self.dtype)
+def SinusoidFamily(k: int = 10, q: int = 10) -> Sinusoid:
+    return Sinusoid(k_shot=k, q_query=q)

@@ -121,35 +121,23 @@ def saved_bytes_during(fn):
     return total[0]
 
 
-class NoDoubleBackward(torch.autograd.Function):
-    """tanh with a backward that cannot itself be differentiated (like a fused kernel)."""
+class FusedAttentionRegressor(torch.nn.Module):
+    """A regressor through SDPA's fused CPU kernel, whose backward has no derivative (no double backward)."""
 
-    @staticmethod
-    def forward(ctx, x):
-        y = torch.tanh(x)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        (y,) = ctx.saved_tensors
-        return grad * (1 - y * y)
-
-
-class OnceDifferentiableMLP(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.a, self.b = torch.nn.Linear(1, 16), torch.nn.Linear(16, 1)
+        self.embed, self.out = torch.nn.Linear(1, 4 * 8), torch.nn.Linear(8, 1)
 
     def forward(self, x):
-        return self.b(NoDoubleBackward.apply(self.a(x)))
+        tokens = self.embed(x).view(-1, 1, 4, 8)  # (batch, heads=1, seq=4, dim=8)
+        mixed = torch.nn.functional.scaled_dot_product_attention(tokens, tokens, tokens, is_causal=True)
+        return self.out(mixed.mean(2).squeeze(1))
 
 
 def test_first_order_builds_no_second_order_graph():
     task = sinusoid_task(np.random.default_rng(0))
     # a model with no double backward: first order must still work (it never differentiates a gradient)
-    first = build_learner(make_config(method="fomaml", inner_steps=3), OnceDifferentiableMLP())
+    first = build_learner(make_config(method="fomaml", inner_steps=3), FusedAttentionRegressor())
     result = algorithms.maml.task_gradient(first, first.episode(task))
     assert all(torch.isfinite(g).all() for g in result.grads.values())
     # FOMAML's meta-gradient is the query gradient at the adapted parameters

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import algorithms, outer
+from . import algorithms, distributed, outer
 from .build import build_learner, needs_second_order
 from .config import AdapterConfig, BaseConfig, InnerConfig, OuterConfig, RunConfig
 from .learner import Learner
@@ -99,27 +99,30 @@ def fit(family, model: Optional[nn.Module] = None, *, config: Union[RunConfig, d
     probe_task = family.sample("train", np.random.default_rng(config.outer.seed + 10_000))
     learner = build_learner(config, model, tokenizer)
     probe = learner.episode(probe_task)  # raises on a head/kind mismatch before training
-    task_gradient = algorithms.get(config.outer.method, config.inner.backend)
     if needs_second_order(config):
         check_double_backward(learner, probe)
     meta = learner.meta_parameters()
     optimizer, scheduler = outer.make_optimizer(meta, config.outer)
-    writer = _LogWriter(output_dir)
+    writer = _LogWriter(output_dir if distributed.rank() == 0 else None)
     val_rng_seed = config.outer.seed + 1
-    bar = tqdm(range(config.outer.meta_steps), desc=f"meta-train ({config.outer.method})", disable=not progress)
+    bar = tqdm(range(config.outer.meta_steps), desc=f"meta-train ({config.outer.method})",
+               disable=not progress or distributed.rank() != 0)
     for step in bar:
-        episodes = [learner.episode(family.sample("train", rng)) for _ in range(config.outer.meta_batch)]
-        task_grads = [task_gradient(learner, ep) for ep in episodes]
-        grad_norm = outer.apply(meta, outer.average(task_grads), optimizer, scheduler, config.outer.clip_norm)
-        record = {"step": step + 1, "query_loss": float(np.mean([t.query_loss for t in task_grads])),
-                  "support_loss_first": float(np.mean([t.support_losses[0] for t in task_grads if t.support_losses] or [np.nan])),
+        tasks = [family.sample("train", rng) for _ in range(config.outer.meta_batch)]  # same on every rank
+        episodes = [learner.episode(task) for task in distributed.shard(tasks)]
+        summed, results = algorithms.meta_gradient(learner, episodes, config.outer.method, config.inner.backend)
+        summed = distributed.all_reduce_sum(summed)
+        mean_grads = {n: g / len(tasks) for n, g in summed.items()}
+        grad_norm = outer.apply(meta, mean_grads, optimizer, scheduler, config.outer.clip_norm)
+        record = {"step": step + 1, "query_loss": float(np.mean([t.query_loss for t in results])),
+                  "support_loss_first": float(np.mean([t.support_losses[0] for t in results if t.support_losses] or [np.nan])),
                   "grad_norm": grad_norm, "meta_lr": scheduler.get_last_lr()[0]}
         if config.outer.eval_every and (step + 1) % config.outer.eval_every == 0:
             record["val_query_loss"] = validate(learner, family, config.outer.eval_tasks, val_rng_seed)
         learner.history.append(record)
         writer.write(record)
         bar.set_postfix(query=f"{record['query_loss']:.4f}")
-    if output_dir is not None:
+    if output_dir is not None and distributed.rank() == 0:
         learner.save(os.path.join(output_dir, "learner"))
         writer.plot()
     return learner

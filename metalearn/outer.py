@@ -5,7 +5,6 @@ import math
 
 import torch
 
-from .algorithms.base import TaskGradient
 from .config import OuterConfig
 from .types import Params
 
@@ -30,12 +29,6 @@ def make_optimizer(meta: Params, config: OuterConfig) -> tuple[torch.optim.Optim
         return 1.0
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-def average(task_grads: list[TaskGradient]) -> dict[str, torch.Tensor]:
-    """Mean of the tasks' gradients, per meta-parameter."""
-    names = task_grads[0].grads.keys()
-    return {n: torch.stack([t.grads[n] for t in task_grads]).mean(0) for n in names}
 
 
 def apply(meta: Params, grads: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,

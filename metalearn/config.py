@@ -91,6 +91,7 @@ class InnerConfig:
     adam_eps: float = 1e-8
     trainable: Optional[Sequence[str]] = None  # ANIL: substrings of the names adapted in the inner loop
     backend: str = "functional"  # "functional" (torch.func) or "higher" (plain nn.Modules only)
+    task_batching: str = "auto"  # run a meta-batch's inner loops as one batched computation: "auto", "on", "off"
 
     def __post_init__(self) -> None:
         _check(isinstance(self.steps, int) and self.steps >= 0, "steps", self.steps, "use a non-negative integer")
@@ -106,6 +107,8 @@ class InnerConfig:
             _check(self.clip_norm > 0, "clip_norm", self.clip_norm, "use a positive norm or None")
         self.adam_betas = tuple(self.adam_betas)
         _check(self.backend in ("functional", "higher"), "backend", self.backend, "use 'functional' or 'higher'")
+        _check(self.task_batching in ("auto", "on", "off"), "task_batching", self.task_batching,
+               "use 'auto' (batch where possible), 'on' or 'off' (a Python loop over tasks)")
         if self.backend == "higher":
             _check(not self.learn_step_sizes and self.lora_plus_ratio == 1.0 and self.trainable is None
                    and self.order != "truncated" and not self.checkpoint, "backend", self.backend,

@@ -40,15 +40,22 @@ class Adapted:
         return self.prompt.peft_config["default"].num_virtual_tokens
 
 
+LORA_LAYER_TYPES = ("Linear", "Linear4bit", "Linear8bitLt", "Conv1D", "Embedding", "Conv1d", "Conv2d")
+
+
 def check_target_modules(model: nn.Module, targets) -> None:
-    """Raise if a LoRA target module name matches nothing in ``model``."""
-    names = [n for n, _ in model.named_modules()]
-    leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)
-                     or type(m).__name__ in ("Linear4bit", "Linear8bitLt", "Conv1D", "Embedding")})
+    """Raise unless every LoRA target name matches at least one layer type that LoRA supports."""
+    modules = list(model.named_modules())
+    leaves = sorted({n.rsplit(".", 1)[-1] for n, m in modules if type(m).__name__ in LORA_LAYER_TYPES and n})
     for target in targets:
-        if not any(n == target or n.endswith("." + target) for n in names):
+        matches = [m for n, m in modules if n == target or n.endswith("." + target)]
+        if not matches:
             raise ValueError(f"LoRA target module {target!r} does not exist in {type(model).__name__}; "
-                             f"linear layers it has: {leaves}")
+                             f"layers LoRA can adapt: {leaves}")
+        bad = sorted({type(m).__name__ for m in matches if type(m).__name__ not in LORA_LAYER_TYPES})
+        if bad:
+            raise ValueError(f"LoRA target module {target!r} is a {bad[0]}, not a layer LoRA can adapt; "
+                             f"name linear layers instead: {leaves}")
 
 
 def attach(base: nn.Module, model_type: str, config: AdapterConfig, tokenizer=None) -> Adapted:

@@ -6,6 +6,7 @@ is loaded or any file is written. ``RunConfig.to_dict``/``from_dict`` round-trip
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -20,6 +21,28 @@ DTYPES = ("float32", "float64", "bfloat16", "float16")
 def _check(ok: bool, field_name: str, value: Any, fix: str) -> None:
     if not ok:
         raise ValueError(f"{field_name}={value!r} is invalid: {fix}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite real number (bools, strings, NaN and inf are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_positive(value: Any) -> bool:
+    return _is_number(value) and value > 0
+
+
+def _names(value: Any, field_name: str, fix: str) -> Optional[list]:
+    """None, or a non-empty list of non-empty strings (a single string is a list of one)."""
+    if value is None:
+        return None
+    names = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
+    _check(bool(names) and all(isinstance(n, str) and n for n in names), field_name, value, fix)
+    return names
 
 
 @dataclass
@@ -39,7 +62,9 @@ class BaseConfig:
         _check(self.quantization in QUANTIZATIONS, "quantization", self.quantization,
                "use None, 'nf4' (4-bit NormalFloat, QLoRA) or 'int8'")
         _check(self.compute_dtype in DTYPES, "compute_dtype", self.compute_dtype, f"use one of {DTYPES}")
-        _check(self.max_length > 0, "max_length", self.max_length, "use a positive token count")
+        _check(self.name_or_path is None or isinstance(self.name_or_path, str), "name_or_path", self.name_or_path,
+               "use a Hugging Face model id or a folder path (a string)")
+        _check(_is_int(self.max_length) and self.max_length > 0, "max_length", self.max_length, "use a positive token count")
 
 
 @dataclass
@@ -59,18 +84,18 @@ class AdapterConfig:
 
     def __post_init__(self) -> None:
         if self.lora:
-            _check(isinstance(self.lora_r, int) and self.lora_r > 0, "lora_r", self.lora_r, "use a positive integer rank")
-        _check(0.0 <= self.lora_dropout < 1.0, "lora_dropout", self.lora_dropout, "use a value in [0, 1)")
-        _check(isinstance(self.prompt_tokens, int) and self.prompt_tokens >= 0, "prompt_tokens",
+            _check(_is_int(self.lora_r) and self.lora_r > 0, "lora_r", self.lora_r, "use a positive integer rank")
+        _check(_is_number(self.lora_dropout) and 0.0 <= self.lora_dropout < 1.0, "lora_dropout", self.lora_dropout, "use a value in [0, 1)")
+        _check(_is_int(self.prompt_tokens) and self.prompt_tokens >= 0, "prompt_tokens",
                self.prompt_tokens, "use 0 (off) or a positive number of virtual tokens")
         _check(self.head in HEADS, "head", self.head, f"use one of {HEADS}")
         if self.head == "learned":
             _check(isinstance(self.n_way, int) and self.n_way >= 2, "n_way", self.n_way,
                    "head='learned' needs n_way >= 2 (or use head='prototype', which works for any N)")
-        if self.target_modules is not None:
-            self.target_modules = list(self.target_modules)
-            _check(len(self.target_modules) > 0, "target_modules", self.target_modules,
-                   "name at least one module, or pass None for peft's defaults")
+        _check(self.lora_alpha is None or _is_positive(self.lora_alpha), "lora_alpha", self.lora_alpha,
+               "use a positive number, or None for 2 * lora_r")
+        self.target_modules = _names(self.target_modules, "target_modules",
+                                     "name at least one module (non-empty strings), or pass None for peft's defaults")
 
 
 @dataclass
@@ -94,18 +119,23 @@ class InnerConfig:
     task_batching: str = "auto"  # run a meta-batch's inner loops as one batched computation: "auto", "on", "off"
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.steps, int) and self.steps >= 0, "steps", self.steps, "use a non-negative integer")
-        _check(self.lr > 0, "lr", self.lr, "use a positive learning rate")
+        _check(_is_int(self.steps) and self.steps >= 0, "steps", self.steps, "use a non-negative integer")
+        _check(_is_positive(self.lr), "lr", self.lr, "use a positive, finite learning rate")
         _check(self.optimizer in INNER_OPTIMIZERS, "optimizer", self.optimizer, f"use one of {INNER_OPTIMIZERS}")
-        _check(self.lora_plus_ratio > 0, "lora_plus_ratio", self.lora_plus_ratio, "use a positive multiplier (1 = off)")
+        _check(_is_positive(self.lora_plus_ratio), "lora_plus_ratio", self.lora_plus_ratio, "use a positive multiplier (1 = off)")
         _check(self.order in ("second", "first", "truncated"), "order", self.order,
                "use 'second', 'first' or 'truncated'")
         if self.order == "truncated":
-            _check(isinstance(self.truncate, int) and 1 <= self.truncate <= max(self.steps, 1), "truncate",
+            _check(_is_int(self.truncate) and 1 <= self.truncate <= max(self.steps, 1), "truncate",
                    self.truncate, f"order='truncated' needs 1 <= truncate <= steps ({self.steps})")
         if self.clip_norm is not None:
-            _check(self.clip_norm > 0, "clip_norm", self.clip_norm, "use a positive norm or None")
+            _check(_is_positive(self.clip_norm), "clip_norm", self.clip_norm, "use a positive norm or None")
         self.adam_betas = tuple(self.adam_betas)
+        _check(len(self.adam_betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in self.adam_betas),
+               "adam_betas", self.adam_betas, "use two numbers in [0, 1), e.g. (0.9, 0.999)")
+        _check(_is_positive(self.adam_eps), "adam_eps", self.adam_eps, "use a small positive number, e.g. 1e-8")
+        self.trainable = _names(self.trainable, "trainable",
+                                "name substrings of the tensors to adapt, e.g. ['head'], or None for all")
         _check(self.backend in ("functional", "higher"), "backend", self.backend, "use 'functional' or 'higher'")
         _check(self.task_batching in ("auto", "on", "off"), "task_batching", self.task_batching,
                "use 'auto' (batch where possible), 'on' or 'off' (a Python loop over tasks)")
@@ -130,21 +160,35 @@ class OuterConfig:
     schedule: str = "constant"  # "constant", "cosine" or "linear"
     warmup_steps: int = 0
     seed: int = 0
-    eval_every: int = 0  # validate on the val split every N meta-steps (0: only at the end)
+    eval_every: int = 0  # validate on the val split every N meta-steps (0: never)
     eval_tasks: int = 8
+    checkpoint_every: int = 0  # write output_dir/checkpoint.pt every N meta-steps and at the end (0: off)
+    on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: "stop" the run or "skip" the meta-step
 
     def __post_init__(self) -> None:
         _check(self.method in METHODS, "method", self.method, f"use one of {METHODS}")
-        _check(isinstance(self.meta_batch, int) and self.meta_batch >= 1, "meta_batch", self.meta_batch,
+        _check(_is_int(self.meta_batch) and self.meta_batch >= 1, "meta_batch", self.meta_batch,
                "use a positive number of tasks per meta-step")
-        _check(isinstance(self.meta_steps, int) and self.meta_steps >= 0, "meta_steps", self.meta_steps,
+        _check(_is_int(self.meta_steps) and self.meta_steps >= 0, "meta_steps", self.meta_steps,
                "use a non-negative integer")
-        _check(self.lr > 0, "lr", self.lr, "use a positive meta learning rate")
+        _check(_is_positive(self.lr), "lr", self.lr, "use a positive, finite meta learning rate")
+        _check(_is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", self.weight_decay,
+               "use a non-negative number")
+        _check(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps", self.warmup_steps,
+               "use a non-negative integer")
         _check(self.optimizer in ("adamw", "sgd"), "optimizer", self.optimizer, "use 'adamw' or 'sgd'")
         _check(self.schedule in ("constant", "cosine", "linear"), "schedule", self.schedule,
                "use 'constant', 'cosine' or 'linear'")
         if self.clip_norm is not None:
-            _check(self.clip_norm > 0, "clip_norm", self.clip_norm, "use a positive norm or None")
+            _check(_is_positive(self.clip_norm), "clip_norm", self.clip_norm, "use a positive norm or None")
+        _check(_is_int(self.checkpoint_every) and self.checkpoint_every >= 0, "checkpoint_every",
+               self.checkpoint_every, "use 0 (off) or a positive number of meta-steps")
+        _check(_is_int(self.eval_every) and self.eval_every >= 0, "eval_every", self.eval_every,
+               "use 0 (off) or a positive number of meta-steps")
+        _check(_is_int(self.eval_tasks) and self.eval_tasks >= 1, "eval_tasks", self.eval_tasks,
+               "use a positive number of validation tasks")
+        _check(self.on_nonfinite in ("stop", "skip"), "on_nonfinite", self.on_nonfinite, "use 'stop' or 'skip'")
+        _check(_is_int(self.seed), "seed", self.seed, "use an integer seed")
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import algorithms, distributed, outer
+from . import algorithms, checkpoint, distributed, guards, outer
 from .build import build_learner, needs_second_order
 from .config import AdapterConfig, BaseConfig, InnerConfig, OuterConfig, RunConfig
 from .learner import Learner
@@ -64,7 +64,8 @@ def make_config(config: Union[RunConfig, dict, None] = None, **overrides: Any) -
 
 
 def fit(family, model: Optional[nn.Module] = None, *, config: Union[RunConfig, dict, None] = None,
-        tokenizer=None, output_dir: Optional[str] = None, progress: bool = True, **overrides: Any) -> Learner:
+        tokenizer=None, output_dir: Optional[str] = None, resume: Optional[str] = None, progress: bool = True,
+        **overrides: Any) -> Learner:
     """Meta-learn an initialization of the adapters on ``family``'s train split.
 
     Args:
@@ -72,7 +73,9 @@ def fit(family, model: Optional[nn.Module] = None, *, config: Union[RunConfig, d
         model: an in-memory base (transformers model or plain ``nn.Module``); else ``base_name_or_path``.
         config: a ``RunConfig`` or dict; keyword ``overrides`` (e.g. ``inner_steps=3, meta_lr=1e-3,
             method="fomaml", lora_r=8, quantization="nf4"``) change single fields.
-        output_dir: where to write ``log.jsonl``, ``training_curve.png`` and the final learner.
+        output_dir: where to write ``log.jsonl``, ``training_curve.png``, checkpoints and the final learner.
+        resume: a checkpoint file (or the run folder holding ``checkpoint.pt``) to continue from; the run
+            goes on exactly as if it had not stopped (same config and seed required).
 
     Example:
         >>> learner = metalearn.fit(metalearn.tasks.load("sinusoid"), model=mlp, meta_steps=1000)
@@ -85,6 +88,12 @@ def fit(family, model: Optional[nn.Module] = None, *, config: Union[RunConfig, d
         log.info("classification family: using a prototype-initialized head (ProtoMAML), which works for any N")
     if output_dir is not None and os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(f"output_dir={output_dir!r} is a file; give a folder path")
+    if config.outer.checkpoint_every and output_dir is None:
+        raise ValueError("checkpoint_every > 0 needs output_dir: checkpoints are written to output_dir/checkpoint.pt")
+    resumed = checkpoint.load(resume) if resume is not None else None
+    if resumed is not None and resumed["config"] != _resumable(config):
+        raise ValueError(f"cannot resume from {resume!r}: it was written with different settings; resume with the "
+                         "same config (only meta_steps may change)")
     if config.inner.backend == "higher":
         if model is None:
             raise ValueError("backend='higher' needs model=<a plain nn.Module>; transformers models loaded by name "
@@ -103,29 +112,65 @@ def fit(family, model: Optional[nn.Module] = None, *, config: Union[RunConfig, d
         check_double_backward(learner, probe)
     meta = learner.meta_parameters()
     optimizer, scheduler = outer.make_optimizer(meta, config.outer)
-    writer = _LogWriter(output_dir if distributed.rank() == 0 else None)
-    val_rng_seed = config.outer.seed + 1
-    bar = tqdm(range(config.outer.meta_steps), desc=f"meta-train ({config.outer.method})",
-               disable=not progress or distributed.rank() != 0)
+    start = 0
+    if resumed is not None:
+        checkpoint.restore(resumed, meta=meta, optimizer=optimizer, scheduler=scheduler, rng=rng)
+        start, learner.history = resumed["step"], list(resumed["history"])
+        log.info("resumed from %s at meta-step %d", resume, start)
+    main_process = distributed.rank() == 0
+    writer = _LogWriter(output_dir if main_process else None, learner.history)
+    ckpt_path = os.path.join(output_dir, checkpoint.FILE) if output_dir else None
+
+    def save_checkpoint(step: int) -> None:
+        if ckpt_path and main_process:
+            checkpoint.save(ckpt_path, step=step, meta=meta, optimizer=optimizer, scheduler=scheduler, rng=rng,
+                            history=learner.history, config=_resumable(config))
+
+    bar = tqdm(range(start, config.outer.meta_steps), desc=f"meta-train ({config.outer.method})",
+               initial=start, total=config.outer.meta_steps, disable=not progress or not main_process)
     for step in bar:
         tasks = [family.sample("train", rng) for _ in range(config.outer.meta_batch)]  # same on every rank
         episodes = [learner.episode(task) for task in distributed.shard(tasks)]
         summed, results = algorithms.meta_gradient(learner, episodes, config.outer.method, config.inner.backend)
         summed = distributed.all_reduce_sum(summed)
-        mean_grads = {n: g / len(tasks) for n, g in summed.items()}
-        grad_norm = outer.apply(meta, mean_grads, optimizer, scheduler, config.outer.clip_norm)
-        record = {"step": step + 1, "query_loss": float(np.mean([t.query_loss for t in results])),
-                  "support_loss_first": float(np.mean([t.support_losses[0] for t in results if t.support_losses] or [np.nan])),
-                  "grad_norm": grad_norm, "meta_lr": scheduler.get_last_lr()[0]}
+        problem = guards.first_nonfinite(episodes, results, summed)
+        record: dict = {"step": step + 1}
+        if problem is not None:
+            message = f"meta-step {step + 1}: {problem}"
+            if config.outer.on_nonfinite == "stop":
+                raise FloatingPointError(f"{message}. The last good checkpoint is kept"
+                                         + (f" at {ckpt_path}" if ckpt_path else "") + "; lower the learning rates, "
+                                         "set inner clip_norm, or use on_nonfinite='skip'")
+            log.warning("%s; meta-step skipped", message)
+            record["skipped"] = problem
+        else:
+            mean_grads = {n: g / len(tasks) for n, g in summed.items()}
+            record["grad_norm"] = outer.apply(meta, mean_grads, optimizer, scheduler, config.outer.clip_norm)
+            record["meta_lr"] = scheduler.get_last_lr()[0]
+        record["query_loss"] = float(np.mean([t.query_loss for t in results]))
+        first = [t.support_losses[0] for t in results if t.support_losses]
+        if first:
+            record["support_loss_first"] = float(np.mean(first))
         if config.outer.eval_every and (step + 1) % config.outer.eval_every == 0:
-            record["val_query_loss"] = validate(learner, family, config.outer.eval_tasks, val_rng_seed)
+            record["val_query_loss"] = validate(learner, family, config.outer.eval_tasks, config.outer.seed + 1)
         learner.history.append(record)
         writer.write(record)
         bar.set_postfix(query=f"{record['query_loss']:.4f}")
-    if output_dir is not None and distributed.rank() == 0:
+        if config.outer.checkpoint_every and (step + 1) % config.outer.checkpoint_every == 0:
+            save_checkpoint(step + 1)
+    if output_dir is not None and main_process:
+        if config.outer.checkpoint_every:
+            save_checkpoint(config.outer.meta_steps)
         learner.save(os.path.join(output_dir, "learner"))
         writer.plot()
     return learner
+
+
+def _resumable(config: RunConfig) -> dict:
+    """The settings a checkpoint must agree on to resume (all but the run length)."""
+    data = config.to_dict()
+    data["outer"] = {k: v for k, v in data["outer"].items() if k != "meta_steps"}
+    return json.loads(json.dumps(data, default=str))
 
 
 def validate(learner: Learner, family, n_tasks: int, seed: int) -> float:
@@ -158,13 +203,14 @@ def check_double_backward(learner: Learner, episode) -> None:
 class _LogWriter:
     """Appends one JSON line per meta-step and draws the training curve at the end."""
 
-    def __init__(self, output_dir: Optional[str]):
+    def __init__(self, output_dir: Optional[str], history: list[dict]):
         self.dir = output_dir
-        self.records: list[dict] = []
+        self.records: list[dict] = list(history)
         if output_dir:
             os.makedirs(output_dir, exist_ok=True)
             self.path = os.path.join(output_dir, "log.jsonl")
-            open(self.path, "w").close()
+            with open(self.path, "w") as f:  # a resumed run rewrites the log up to its checkpoint
+                f.writelines(json.dumps(r) + "\n" for r in history)
 
     def write(self, record: dict) -> None:
         self.records.append(record)

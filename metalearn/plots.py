@@ -17,8 +17,9 @@ def training_curve(records: list[dict], path: str) -> None:
     """Query loss per meta-step (and validation loss where measured)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    steps = [r["step"] for r in records]
-    ax.plot(steps, [r["query_loss"] for r in records], label="train query loss (after adaptation)", alpha=0.7)
+    finite = [r for r in records if "skipped" not in r]
+    ax.plot([r["step"] for r in finite], [r["query_loss"] for r in finite], label="train query loss (after adaptation)",
+            alpha=0.7)
     val = [(r["step"], r["val_query_loss"]) for r in records if "val_query_loss" in r]
     if val:
         ax.plot(*zip(*val), "o-", label="val query loss")

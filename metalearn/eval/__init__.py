@@ -1,0 +1,12 @@
+"""Evaluation: adapt-then-score on held-out tasks, baselines, metrics with 95% intervals, tables and plots.
+
+    results = metalearn.evaluate({"maml": learner, "multitask": mt}, family,
+                                 baselines=["random_init"], steps=[0, 1, 5, 10], shots=[5, 10])
+    print(results.table());  results.save("runs/eval")
+"""
+from . import baselines, metrics, report
+from .baselines import BASELINES
+from .evaluate import DEFAULT_EPISODES, DEFAULT_LR_GRID, DEFAULT_STEPS, EvalResults, evaluate, family_for_shots
+
+__all__ = sorted(["BASELINES", "DEFAULT_EPISODES", "DEFAULT_LR_GRID", "DEFAULT_STEPS", "EvalResults", "baselines",
+                  "evaluate", "family_for_shots", "metrics", "report"])

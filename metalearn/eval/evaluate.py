@@ -1,0 +1,449 @@
+"""``metalearn.evaluate``: adapt every method on the same held-out episodes, score it, compare it fairly.
+
+The protocol, top to bottom:
+
+1. Check every input (method names, steps, shots, baselines against the model type, the test split)
+   and raise a ``ValueError`` naming the fix before anything is adapted.
+2. For each shot count K, sample the test tasks **once** from ``numpy.random.default_rng(seed)``;
+   every method runs on that one list (a paired comparison), and the val tasks likewise.
+3. For every adapting method (each Learner, ``random_init``) and each step count, pick the inner
+   learning rate on the **meta-validation** split: a small grid of multipliers of the method's own step
+   sizes, scored by mean query loss on ``val_episodes`` val tasks. Test tasks never influence it.
+4. Adapt on the support set only (the query set is not even encoded into the episode that adaptation
+   sees), then score on the query set (``score.py``). Non-adapting baselines score once per episode.
+5. Summarize: mean and 95% interval ``mean ± 1.96·std/√n`` (sample std) per method, shot count, step
+   count and metric, and paired differences against a reference method with their own interval.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..adapters import adaptable_params, write_params
+from ..learner import Episode, Learner
+from ..tasks.splits import as_range
+from ..tasks.task import Task, check_family
+from ..types import Params
+from . import baselines as bl
+from . import metrics
+from .score import decode_budget, score_params
+
+__all__ = ["DEFAULT_EPISODES", "DEFAULT_LR_GRID", "DEFAULT_STEPS", "EvalResults", "adapt", "evaluate",
+           "family_for_shots", "sample_tasks"]
+
+log = logging.getLogger("metalearn")
+
+DEFAULT_STEPS = (0, 1, 2, 5, 10)
+DEFAULT_LR_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
+"""Multipliers of each method's own inner step sizes (``config.inner.lr``, or Meta-SGD's learned ones)."""
+DEFAULT_EPISODES = {"classification": 600, "regression": 600, "generation": 100}
+"""600 test episodes is the few-shot classification convention; greedy decoding makes generation costlier."""
+MODEL_TYPES_FOR_KIND = {"regression": ("module",), "classification": ("encoder",), "generation": ("causal", "seq2seq")}
+
+FamilyOrFactory = Union[Any, Callable[[int], Any]]
+
+
+@dataclass
+class EvalResults:
+    """Everything ``evaluate`` measured. ``records`` holds one row per (method, shots, steps, episode)."""
+
+    records: list[dict]
+    summary: list[dict]
+    paired: list[dict]
+    tuning: list[dict]
+    settings: dict
+    histories: dict[str, list[dict]] = field(default_factory=dict)
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.settings["methods"])
+
+    def _find(self, rows: list[dict], **match: Any) -> dict:
+        hits = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+        if len(hits) != 1:
+            raise KeyError(f"{len(hits)} results match {match}")
+        return hits[0]
+
+    def score(self, method: str, metric: str, steps: int, shots: Optional[int] = None) -> tuple[float, float]:
+        """(mean, 95% half-width) of ``metric`` for ``method`` after ``steps`` inner steps."""
+        shots = self.settings["shots"][0] if shots is None else shots
+        row = self._find(self.summary, method=method, metric=metric, steps=steps, shots=shots)
+        return row["mean"], row["ci95"]
+
+    def diff(self, method: str, metric: str, steps: int, shots: Optional[int] = None) -> tuple[float, float]:
+        """Paired (mean, 95% half-width) of ``metric(method) - metric(reference)`` over the same episodes."""
+        shots = self.settings["shots"][0] if shots is None else shots
+        row = self._find(self.paired, method=method, metric=metric, steps=steps, shots=shots)
+        return row["mean_diff"], row["ci95"]
+
+    def table(self, metric: Optional[str] = None) -> str:
+        """A markdown report: ``metric`` (default: the task kind's primary one) per method and step count."""
+        from .report import markdown
+
+        return markdown(self, metric)
+
+    def save(self, output_dir: str) -> dict[str, str]:
+        """Write JSON, CSV, markdown and PNG plots into ``output_dir``; return {what: path}."""
+        from .report import write_all
+
+        return write_all(self, output_dir)
+
+
+def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: FamilyOrFactory, *,
+             baselines: Sequence[str] = (), steps: Sequence[int] = DEFAULT_STEPS,
+             shots: Optional[Sequence[int]] = None, episodes: Optional[int] = None, base: Optional[Learner] = None,
+             reference: Optional[str] = None, seed: int = 0, lr_grid: Optional[Sequence[float]] = DEFAULT_LR_GRID,
+             val_episodes: int = 16, generate: bool = True, max_new_tokens: Optional[int] = None,
+             output_dir: Optional[str] = None, progress: bool = True) -> EvalResults:
+    """Adapt each method on each held-out task's support set and score it on the query set.
+
+    Args:
+        methods: ``{name: Learner}`` (meta-learned inits, a multi-task init from
+            ``fit(..., method="multitask")``, ...), or one Learner.
+        family: a task family, or a factory ``k_shot -> family`` (used when ``shots`` is given).
+        baselines: any of ``"zero_shot"``, ``"in_context"``, ``"prototypes"``, ``"linear_probe"``,
+            ``"random_init"`` (see ``metalearn.eval.baselines``); they use ``base``'s frozen model.
+        steps: inner-step counts to score after (0 scores the init itself).
+        shots: K values; the family is rebuilt per K (``family_for_shots``). None: the family's own K.
+        episodes: test episodes per shot count (default 600; 100 for generation).
+        base: the Learner whose frozen model the baselines use (default: the first method).
+        reference: the method paired differences are taken against (default ``"random_init"`` if run).
+        seed: seeds the test tasks (``seed``), the val tasks (``seed + 1``) and ``random_init``.
+        lr_grid: multipliers of each method's inner step sizes tried on the val split (None: no search).
+        val_episodes: val tasks per shot count for the search.
+        generate: greedy-decode generation tasks (exact match, ROUGE, BLEU); off: NLL (and label accuracy) only.
+        max_new_tokens: decoding budget; default from the support completions (never the query).
+        output_dir: when given, results JSON/CSV, a markdown table and PNG plots are written there.
+
+    Example:
+        >>> results = metalearn.evaluate({"maml": learner}, metalearn.tasks.load("sinusoid"),
+        ...                              baselines=["random_init"], steps=[0, 1, 5], episodes=100)
+        >>> print(results.table())
+    """
+    learners, baselines, steps, shots_list, n_test, base = _check_inputs(
+        methods, family, baselines, steps, shots, episodes, base, reference, lr_grid, val_episodes, output_dir)
+    kind = _kind_of(family, shots_list)
+    n_test = n_test or DEFAULT_EPISODES[kind]
+    tune = bool(lr_grid) and any(s > 0 for s in steps)
+    # every task is sampled before anything is adapted: a broken split fails here, and every method gets the same list
+    tests = {k: sample_tasks(family_for_shots(family, k), "test", n_test, seed) for k in shots_list}
+    vals = {k: sample_tasks(family_for_shots(family, k), "val", val_episodes, seed + 1) if tune else []
+            for k in shots_list}
+    labels = {k: _shots_label(k, tests[k]) for k in shots_list}
+    adapting = dict(learners)
+    if "random_init" in baselines:
+        adapting["random_init"] = bl.random_init(base, seed)
+    frozen_names = [b for b in baselines if b not in bl.ADAPTING]
+    names = list(adapting) + frozen_names
+    if reference is None and "random_init" in adapting and len(names) > 1:
+        reference = "random_init"
+
+    records: list[dict] = []
+    tuning: list[dict] = []
+    total = len(shots_list) * n_test * (len(adapting) * len(steps) + len(frozen_names))
+    bar = tqdm(total=total, desc="evaluate", disable=not progress)
+    modules = [lr.adapted.module for lr in list(adapting.values()) + [base]]
+    with _evaluation_mode(modules, [lr.adapted for lr in list(adapting.values()) + [base]]):
+        for k in shots_list:
+            for name, learner in adapting.items():
+                val_eps = [_split_episode(learner, t) for t in vals[k]]
+                test_eps = [_split_episode(learner, t) for t in tests[k]]
+                for s in steps:
+                    scale = 1.0
+                    if tune and s > 0:
+                        bar.set_description(f"tune lr {name} K={labels[k]} steps={s}")
+                        scale, losses = _tune(learner, val_eps, s, lr_grid)
+                        tuning.append({"method": name, "shots": labels[k], "steps": s, "scale": scale,
+                                       "lr": scale * learner.config.inner.lr,
+                                       "learned_step_sizes": bool(learner.config.inner.learn_step_sizes),
+                                       "val_loss": {str(g): v for g, v in losses.items()}})
+                    bar.set_description(f"{name} K={labels[k]} steps={s}")
+                    for i, (task, (support_ep, _)) in enumerate(zip(tests[k], test_eps)):
+                        fast, _ = adapt(learner, support_ep, s, scale)
+                        budget = max_new_tokens or _budget(learner, task)
+                        scores = score_params(learner.model, learner.adapted, fast, task, generate=generate,
+                                              max_new_tokens=budget)
+                        records.append(_record(name, labels[k], s, i, task, scores))
+                        bar.update(1)
+            for name in frozen_names:
+                bar.set_description(f"{name} K={labels[k]}")
+                for i, task in enumerate(tests[k]):
+                    budget = max_new_tokens or _budget(base, task)
+                    scores = bl.frozen_scores(name, base, task, generate=generate, max_new_tokens=budget)
+                    records.extend(_record(name, labels[k], s, i, task, scores) for s in steps)
+                    bar.update(1)
+    bar.close()
+    settings = {"methods": names, "baselines": list(baselines), "steps": list(steps),
+                "shots": [labels[k] for k in shots_list], "episodes": n_test, "val_episodes": val_episodes if tune else 0,
+                "lr_grid": list(lr_grid) if tune else None, "seed": seed, "reference": reference, "kind": kind,
+                "model_type": base.model.model_type, "family": repr(family), "generate": generate,
+                "primary_metric": metrics.PRIMARY[kind], "adapting": list(adapting),
+                "interval": "95% CI: mean ± 1.96·std/sqrt(n), sample std (ddof=1), normal approximation"}
+    results = EvalResults(records, summarize(records), paired_differences(records, reference), tuning, settings,
+                          {n: list(lr.history) for n, lr in learners.items() if lr.history})
+    if output_dir is not None:
+        results.save(output_dir)
+    return results
+
+
+# ---------------------------------------------------------------- adaptation (support only)
+
+
+def adapt(learner: Learner, episode: Episode, steps: int, scale: float = 1.0) -> tuple[Params, list[float]]:
+    """First-order inner loop from the learner's init on ``episode.support`` with step sizes times ``scale``.
+
+    The learner is not modified: a shallow view gets detached copies of the init and scaled step sizes.
+    """
+    view = copy.copy(learner)
+    view.init = {n: t.detach().requires_grad_(True) for n, t in learner.init.items()}
+    view.step_sizes = {n: t.detach() * scale for n, t in learner.step_sizes.items()}
+    with torch.enable_grad():
+        fast, losses = view.inner_adapt(episode, steps=steps, order="first")
+    return {n: t.detach() for n, t in fast.items()}, losses
+
+
+def _split_episode(learner: Learner, task: Task) -> tuple[Episode, Any]:
+    """The episode adaptation sees (support only: its 'query' is the support set again) and the encoded query."""
+    support_only = dataclasses.replace(task, query=task.support)
+    return learner.episode(support_only), learner.model.encode(task.query, task.kind)
+
+
+def _tune(learner: Learner, episodes: list[tuple[Episode, Any]], steps: int,
+          grid: Sequence[float]) -> tuple[float, dict[float, float]]:
+    """The grid multiplier with the lowest mean val query loss after ``steps`` steps (non-finite: +inf)."""
+    losses: dict[float, float] = {}
+    for scale in grid:
+        values = []
+        for support_ep, query in episodes:
+            fast, _ = adapt(learner, support_ep, steps, scale)
+            with torch.no_grad():
+                values.append(float(learner.loss(fast, query, support_ep.kind)))
+        mean = float(np.mean(values))
+        losses[float(scale)] = mean if math.isfinite(mean) else math.inf
+    best = min(losses, key=lambda g: (losses[g], abs(math.log(g))))  # ties: the multiplier closest to 1
+    return best, losses
+
+
+def _budget(learner: Learner, task: Task) -> int:
+    return decode_budget(task, learner.model.tokenizer) if task.kind == "generation" else 0
+
+
+@contextlib.contextmanager
+def _evaluation_mode(modules: list, adapted_list: list) -> Iterator[None]:
+    """Modules in eval mode (no dropout) and the adapters' scratch values put back afterwards."""
+    flags = [(m, m.training) for root in modules for m in root.modules()]
+    saved = [(a, {n: t.detach().clone() for n, t in adaptable_params(a).items()}) for a in adapted_list]
+    for root in modules:
+        root.eval()
+    try:
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
+        for a, values in saved:
+            write_params(a, values)
+
+
+def _record(name: str, shots: Any, steps: int, episode: int, task: Task, scores: dict) -> dict:
+    return {"method": name, "shots": shots, "steps": steps, "episode": episode, "task_id": task.task_id, **scores}
+
+
+# ---------------------------------------------------------------- tasks and shots
+
+
+def family_for_shots(family: FamilyOrFactory, k: Optional[int]) -> Any:
+    """The family with ``k_shot = k``: a factory is called; a family is copied with ``k_shot`` replaced.
+
+    A copy, not a rebuild: the data and the meta-split assignment stay exactly as they were, only the
+    support size changes (a family may define ``with_k_shot(k)`` to control this itself).
+    """
+    if k is None:
+        return family
+    if not hasattr(family, "sample") and callable(family):
+        built = family(k)
+        check_family(built)
+        return built
+    if callable(getattr(family, "with_k_shot", None)):
+        return family.with_k_shot(k)
+    inner = getattr(family, "base", None)
+    if inner is not None and hasattr(inner, "sample") and hasattr(inner, "k_shot"):  # a wrapper (Verbalized)
+        new = copy.copy(family)
+        new.base = family_for_shots(inner, k)
+        return new
+    if not hasattr(family, "k_shot") or not hasattr(family, "_shots"):
+        raise ValueError(f"{type(family).__name__} has no k_shot to change; pass shots=None, or pass the family as "
+                         "a factory, e.g. family=lambda k: MyFamily(k_shot=k)")
+    new = copy.copy(family)
+    new.k_shot, new._shots = k, as_range(k, "k_shot")
+    if callable(getattr(new, "_validate", None)):
+        new._validate()  # e.g. every class still has k_shot + q_query examples
+    return new
+
+
+def sample_tasks(family: Any, split: str, n: int, seed: int) -> list[Task]:
+    """``n`` tasks of ``split`` from one ``default_rng(seed)`` stream; a clear error if the split is empty."""
+    for lister in ("tasks", "classes", "rules"):
+        fn = getattr(family, lister, None)
+        if callable(fn):
+            try:
+                listed = fn(split)
+            except Exception:  # noqa: BLE001 - only a hint; sampling below gives the real error
+                continue
+            if isinstance(listed, (list, tuple)) and not listed:
+                raise ValueError(f"{family!r} has no {split} {lister}: the {split!r} meta-split is empty; give the "
+                                 f"family held-out {split} {lister} (its splits setting) before evaluating")
+    rng = np.random.default_rng(seed)
+    try:
+        tasks = [family.sample(split, rng) for _ in range(n)]
+    except (ValueError, IndexError, KeyError, ZeroDivisionError) as err:
+        raise ValueError(f"{family!r} cannot sample its {split!r} split ({type(err).__name__}: {err}); the split is "
+                         f"empty or too small: give the family held-out {split} tasks before evaluating") from err
+    wrong = [t.kind for t in tasks if t.kind != family.kind]
+    if wrong:
+        raise ValueError(f"{family!r} says kind={family.kind!r} but sampled a {wrong[0]!r} task; make them agree")
+    return tasks
+
+
+def _shots_label(k: Optional[int], tasks: list[Task]) -> Optional[int]:
+    if k is not None:
+        return k
+    ks = {t.meta.get("k_shot") for t in tasks}
+    return ks.pop() if len(ks) == 1 and isinstance(next(iter(ks), None), int) else None
+
+
+def _kind_of(family: FamilyOrFactory, shots: list) -> str:
+    return family_for_shots(family, shots[0]).kind
+
+
+# ---------------------------------------------------------------- input checks
+
+
+def _check_inputs(methods, family, baselines, steps, shots, episodes, base, reference, lr_grid, val_episodes,
+                  output_dir):
+    """Normalize and validate every argument; raise ValueError with the fix before any work."""
+    if isinstance(methods, Learner):
+        methods = {"learner": methods}
+    methods = dict(methods or {})
+    for name, learner in methods.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"method name {name!r} is invalid; name every method with a non-empty string")
+        if isinstance(learner, str):
+            from ..config import METHODS
+
+            what = (f"{learner!r} is a meta-learning method name, not a Learner: fit it first with "
+                    f"metalearn.fit(family, model, method={learner!r})" if learner in METHODS else
+                    f"unknown method name {learner!r}; meta-learning methods are {list(METHODS)} (fit them with "
+                    f"metalearn.fit), baselines are {list(bl.BASELINES)} (pass them as baselines=[...])")
+            raise ValueError(f"methods[{name!r}]: {what}")
+        if not isinstance(learner, Learner):
+            raise ValueError(f"methods[{name!r}] is a {type(learner).__name__}, not a Learner; pass the result of "
+                             "metalearn.fit or metalearn.load")
+    if isinstance(baselines, str):
+        baselines = [b.strip() for b in baselines.split(",") if b.strip()]
+    baselines = list(dict.fromkeys(baselines))
+    clash = sorted(set(methods) & set(bl.BASELINES))
+    if clash:
+        raise ValueError(f"method name(s) {clash} are baseline names; rename the learner(s), e.g. 'my_{clash[0]}'")
+    base = base or next(iter(methods.values()), None)
+    if base is None:
+        raise ValueError("nothing to evaluate: give methods={name: Learner} and/or baselines with base=<a Learner> "
+                         "whose frozen model the baselines use")
+    if not methods and not baselines:
+        raise ValueError("nothing to evaluate: methods and baselines are both empty")
+    steps = _int_list(steps, "steps", minimum=0, fix="e.g. steps=[0, 1, 5, 10]")
+    shots_list = [None] if shots is None else _int_list(shots, "shots", minimum=1, fix="e.g. shots=[1, 5]")
+    if episodes is not None and (not isinstance(episodes, (int, np.integer)) or episodes < 1):
+        raise ValueError(f"episodes={episodes!r} is invalid; use a positive number of test episodes (e.g. 600)")
+    if lr_grid is not None:
+        grid = list(lr_grid)
+        if not all(isinstance(g, (int, float)) and g > 0 and math.isfinite(g) for g in grid):
+            raise ValueError(f"lr_grid={lr_grid!r} is invalid; give positive multipliers (e.g. [0.3, 1, 3]) or None")
+        if grid and (not isinstance(val_episodes, (int, np.integer)) or val_episodes < 1):
+            raise ValueError(f"val_episodes={val_episodes!r} is invalid; the learning-rate search needs >= 1 val task")
+    if not hasattr(family, "sample") and not callable(family):
+        raise ValueError(f"family {family!r} is neither a task family nor a factory k_shot -> family")
+    if not hasattr(family, "sample") and shots is None:
+        raise ValueError("family is a factory k_shot -> family; give shots=[...] so it can be called")
+    kind = _kind_of(family, shots_list)
+    for name, learner in list(methods.items()) + [("base", base)]:
+        model_type = learner.model.model_type
+        if model_type not in MODEL_TYPES_FOR_KIND[kind]:
+            raise ValueError(f"{name}: a {model_type!r} model cannot run {kind} tasks; use a "
+                             f"{' / '.join(MODEL_TYPES_FOR_KIND[kind])} model (or a family of another kind)")
+    for b in baselines:
+        bl.check_baseline(b, base.model.model_type, kind)
+    names = list(methods) + baselines
+    if reference is not None and reference not in names:
+        raise ValueError(f"reference={reference!r} is not one of the evaluated methods {names}")
+    if output_dir is not None and os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"output_dir={output_dir!r} is a file; give a folder path")
+    return methods, baselines, steps, shots_list, episodes, base
+
+
+def _int_list(values: Any, name: str, minimum: int, fix: str) -> list[int]:
+    if isinstance(values, (int, np.integer)):
+        values = [values]
+    values = list(values) if values is not None else []
+    if not values:
+        raise ValueError(f"{name}=[] is empty; give at least one value ({fix})")
+    bad = [v for v in values if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < minimum]
+    if bad:
+        what = "non-negative" if minimum == 0 else "positive"
+        raise ValueError(f"{name}={values!r} is invalid: {bad} not {what} integer(s) ({fix})")
+    return sorted({int(v) for v in values})
+
+
+# ---------------------------------------------------------------- summaries
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    """Mean and 95% half-width per (method, shots, steps, metric) over episodes."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["method"], r["shots"], r["steps"])].append(r)
+    out = []
+    for (method, shots, steps), rows in groups.items():
+        for metric in _metrics_of(rows):
+            mean, ci = metrics.mean_ci([r[metric] for r in rows])
+            out.append({"method": method, "shots": shots, "steps": steps, "metric": metric, "mean": mean,
+                        "ci95": ci, "n": len(rows)})
+    return out
+
+
+def paired_differences(records: list[dict], reference: Optional[str]) -> list[dict]:
+    """Per-episode ``method - reference`` differences, averaged with a 95% interval (same episodes)."""
+    if reference is None:
+        return []
+    by_key: dict[tuple, dict[int, dict]] = defaultdict(dict)
+    for r in records:
+        by_key[(r["method"], r["shots"], r["steps"])][r["episode"]] = r
+    out = []
+    for (method, shots, steps), rows in by_key.items():
+        ref = by_key.get((reference, shots, steps))
+        if method == reference or not ref:
+            continue
+        episodes = sorted(set(rows) & set(ref))
+        for ep in episodes:
+            if rows[ep]["task_id"] != ref[ep]["task_id"]:
+                raise RuntimeError(f"episode {ep} differs between {method!r} and {reference!r}: not paired")
+        for metric in _metrics_of([rows[e] for e in episodes] + [ref[e] for e in episodes]):
+            mean, ci = metrics.paired_ci([rows[e][metric] for e in episodes], [ref[e][metric] for e in episodes])
+            out.append({"method": method, "reference": reference, "shots": shots, "steps": steps, "metric": metric,
+                        "mean_diff": mean, "ci95": ci, "n": len(episodes)})
+    return out
+
+
+def _metrics_of(rows: list[dict]) -> list[str]:
+    common = set.intersection(*(set(r) for r in rows)) if rows else set()
+    return [m for m in metrics.HIGHER_IS_BETTER if m in common]

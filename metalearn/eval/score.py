@@ -1,0 +1,101 @@
+"""Score parameters on a task's query set: the only place the evaluation looks at query data.
+
+Adaptation never happens here; these functions take finished parameters (or a frozen model) and
+return a flat ``{metric: value}`` dict for one episode.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..adapters import Adapted, write_params
+from ..functional import logits, outputs
+from ..model import TaskModel
+from ..tasks.task import Task
+from ..types import Params
+from . import metrics
+
+__all__ = ["decode_budget", "score_generation", "score_params", "stop_at_newline"]
+
+
+def score_params(model: TaskModel, adapted: Adapted, params: Params, task: Task, *, generate: bool = True,
+                 max_new_tokens: int = 32) -> dict[str, float]:
+    """Metrics of adapted ``params`` on ``task.query``: MSE; accuracy/macro-F1/NLL; or NLL/EM/ROUGE/BLEU."""
+    query = task.query
+    with torch.no_grad():
+        if task.kind == "regression":
+            batch = model.encode(query, "regression")
+            return {"mse": metrics.mse(outputs(model, params, batch).cpu(), batch["y"].cpu())}
+        if task.kind == "classification":
+            batch = model.encode(query, "classification")
+            lg = logits(model, params, batch).float()  # (n_query, n_way)
+            true = batch["label"]
+            pred = lg.argmax(-1).cpu().numpy()
+            return {"accuracy": metrics.accuracy(pred, true.cpu().numpy()),
+                    "macro_f1": metrics.macro_f1(pred, true.cpu().numpy(), lg.shape[-1]),
+                    "nll": float(F.cross_entropy(lg, true))}
+    return score_generation(model, adapted, params, task, generate=generate, max_new_tokens=max_new_tokens)
+
+
+def score_generation(model: TaskModel, adapted: Optional[Adapted], params: Params, task: Task, *,
+                     prompts: Optional[list[str]] = None, generate: bool = True,
+                     max_new_tokens: int = 32) -> dict[str, float]:
+    """NLL of the reference completions, greedy-decoding metrics, and label accuracy for verbalized tasks.
+
+    ``prompts`` replaces the query prompts (the in-context baseline puts the support set in front);
+    ``params`` are written into ``adapted``'s adapter tensors first (nothing to write for a frozen model).
+    """
+    prompts = list(task.query["prompt"]) if prompts is None else prompts
+    refs = list(task.query["completion"])
+    if adapted is not None:
+        write_params(adapted, params)
+    out: dict[str, float] = {}
+    with torch.no_grad():
+        out["nll"] = float(model.sequence_nll(model.encode_generation(prompts, refs)).float().mean())
+        if "label" in task.query and task.label_names:
+            pred = _rank_label_words(model, prompts, refs, task)
+            true = torch.as_tensor(task.query["label"]).numpy()
+            out["accuracy"] = metrics.accuracy(pred, true)
+            out["macro_f1"] = metrics.macro_f1(pred, true, len(task.label_names))
+    if generate:
+        from ..generate import greedy
+
+        holder = adapted if adapted is not None else Adapted(model.module, None, None, ())  # nothing to write
+        texts = greedy(model, holder, {}, prompts, max_new_tokens)
+        if stop_at_newline(task):
+            texts = [_first_line(t) for t in texts]
+            refs = [_first_line(r) for r in refs]
+        out["exact_match"] = metrics.exact_match(texts, refs)
+        out.update(metrics.rouge(texts, refs))
+        out["bleu"] = metrics.bleu(texts, refs)
+    return out
+
+
+def _rank_label_words(model: TaskModel, prompts: list[str], refs: list[str], task: Task):
+    """Predicted class per query: the label word with the lowest completion NLL (per token)."""
+    labels = torch.as_tensor(task.query["label"])
+    word = task.label_names[int(labels[0])]
+    prefix = refs[0][: len(refs[0]) - len(word)] if refs[0].endswith(word) else ""
+    n_way = len(task.label_names)
+    cand_prompts = [p for p in prompts for _ in range(n_way)]
+    cand_completions = [prefix + w for _ in prompts for w in task.label_names]
+    nll = model.sequence_nll(model.encode_generation(cand_prompts, cand_completions)).float()
+    return nll.view(len(prompts), n_way).argmin(-1).cpu().numpy()
+
+
+def stop_at_newline(task: Task) -> bool:
+    """True when every *support* completion is one line: decoded text is then cut at its first newline."""
+    return all("\n" not in c.strip() for c in task.support["completion"])
+
+
+def _first_line(text: str) -> str:
+    stripped = text.strip()
+    return stripped.split("\n", 1)[0] if stripped else ""
+
+
+def decode_budget(task: Task, tokenizer, cap: int = 128) -> int:
+    """Greedy-decoding length from the support set only: twice the longest support completion, plus 4 tokens."""
+    longest = max(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in task.support["completion"])
+    return min(cap, 2 * longest + 4)

@@ -27,7 +27,8 @@ def build_learner(config: RunConfig, model: Optional[nn.Module] = None, tokenize
     if tokenizer is None and model_type != "module":
         tokenizer = load_tokenizer(config.base.name_or_path)
     adapted = adapters_mod.attach(base, model_type, config.adapter, tokenizer)
-    task_model = TaskModel(adapted.module, model_type, tokenizer, adapted.n_virtual_tokens, config.base.max_length)
+    task_model = TaskModel(adapted.module, model_type, tokenizer, adapted.n_virtual_tokens, config.base.max_length,
+                           config.adapter.head_metric, config.adapter.head_temperature)
     return Learner(task_model, adapted, config)
 
 

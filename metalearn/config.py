@@ -80,6 +80,8 @@ class AdapterConfig:
     prompt_init_text: Optional[str] = None  # initialize the soft prompt from this text's embeddings
     head: Optional[str] = None  # classification: "prototype" (ProtoMAML, any N) or "learned" (fixed N)
     n_way: Optional[int] = None  # needed by head="learned"
+    head_metric: str = "euclidean"  # prototype/linear head on "euclidean" features or "cosine" similarity
+    head_temperature: float = 0.05  # cosine head: logits = cos(f, w) / temperature
     lora: bool = True
 
     def __post_init__(self) -> None:
@@ -89,6 +91,10 @@ class AdapterConfig:
         _check(_is_int(self.prompt_tokens) and self.prompt_tokens >= 0, "prompt_tokens",
                self.prompt_tokens, "use 0 (off) or a positive number of virtual tokens")
         _check(self.head in HEADS, "head", self.head, f"use one of {HEADS}")
+        _check(self.head_metric in ("euclidean", "cosine"), "head_metric", self.head_metric,
+               "use 'euclidean' or 'cosine'")
+        _check(_is_positive(self.head_temperature), "head_temperature", self.head_temperature,
+               "use a positive temperature, e.g. 0.05")
         if self.head == "learned":
             _check(isinstance(self.n_way, int) and self.n_way >= 2, "n_way", self.n_way,
                    "head='learned' needs n_way >= 2 (or use head='prototype', which works for any N)")

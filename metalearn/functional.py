@@ -29,8 +29,14 @@ def outputs(model: TaskModel, params: Params, batch: Batch) -> torch.Tensor:
 
 
 def logits(model: TaskModel, params: Params, batch: Batch) -> torch.Tensor:
-    """Classification logits (batch, n_way) from pooled features and the head in ``params``."""
-    feats = outputs(model, params, batch)
+    """Classification logits (batch, n_way) from pooled features and the head in ``params``.
+
+    ``model.head_metric == "cosine"``: cos(feature, head row) / temperature (Chen et al. 2019's
+    cosine classifier); otherwise a linear layer on the features.
+    """
+    feats = outputs(model, params, batch)  # (batch, hidden)
+    if model.head_metric == "cosine":
+        return F.normalize(feats, dim=-1) @ F.normalize(params["head.weight"], dim=-1).t() / model.head_temperature
     return F.linear(feats, params["head.weight"], params.get("head.bias"))
 
 
@@ -44,12 +50,15 @@ def task_loss(model: TaskModel, params: Params, batch: Batch, kind: str) -> torc
 
 
 def prototype_head(model: TaskModel, params: Params, support: Batch, n_way: int) -> Params:
-    """ProtoMAML's head: a linear layer equal to the nearest-prototype classifier (Triantafillou et al. 2020).
+    """ProtoMAML's head: a classifier equal to nearest-prototype on the support set (Triantafillou et al. 2020).
 
-    With prototypes c_k, ``-||f - c_k||^2 = 2 c_k.f - ||c_k||^2 - ||f||^2``, so W = 2c, b = -||c||^2.
-    Stays differentiable in ``params`` (the meta-gradient flows through the prototypes).
+    Euclidean: with prototypes c_k, ``-||f - c_k||^2 = 2 c_k.f - ||c_k||^2 - ||f||^2``, so W = 2c and
+    b = -||c||^2. Cosine: W = c (the logits normalize both sides). Stays differentiable in ``params``
+    (the meta-gradient flows through the prototypes).
     """
     feats = outputs(model, params, support)  # (n, hidden)
     onehot = F.one_hot(support["label"], n_way).to(feats.dtype)  # (n, n_way)
     protos = onehot.t() @ feats / onehot.sum(0).clamp_min(1.0).unsqueeze(1)  # (n_way, hidden)
+    if model.head_metric == "cosine":
+        return {"head.weight": protos}
     return {"head.weight": 2 * protos, "head.bias": -(protos * protos).sum(1)}

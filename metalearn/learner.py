@@ -54,7 +54,7 @@ class Learner:
         self.init: Params = {n: p.detach().clone().requires_grad_(True)
                              for n, p in adapters_mod.adaptable_params(adapted).items()}
         inner = config.inner
-        self.step_sizes: Params = initial_step_sizes(list(self.init) + self._learned_head_names(), inner.lr,
+        self.step_sizes: Params = initial_step_sizes(list(self.init) + self._head_names(), inner.lr,
                                                      inner.lora_plus_ratio, inner.steps, inner.per_step, dtype)
         if config.adapter.head == "learned":
             hidden = self._hidden_size()
@@ -74,7 +74,7 @@ class Learner:
             out.update({"lr:" + n: t for n, t in self.step_sizes.items()})
         return out
 
-    def _learned_head_names(self) -> list[str]:
+    def _head_names(self) -> list[str]:
         return ["head.weight", "head.bias"] if self.config.adapter.head in ("learned", "prototype") else []
 
     def _hidden_size(self) -> int:
@@ -96,10 +96,17 @@ class Learner:
         return task_loss(self.model, params, batch, kind)
 
     def start_params(self, episode: Episode, init: Optional[Params] = None) -> Params:
-        """The parameters a task starts from: the init, plus a prototype head when asked for."""
-        params = dict(self.init if init is None else init)
-        if episode.kind == "classification" and self.config.adapter.head == "prototype":
-            params.update(prototype_head(self.model, params, episode.support, episode.n_way))
+        """The parameters a task starts from: the init, plus a prototype head when asked for.
+
+        The head is computed from the init, but the inner loop must see it as an independent tensor:
+        the adapted tensors are clones of the init, so an inner gradient is a partial derivative (head
+        held fixed) while the meta-gradient still flows through the prototypes into the init.
+        """
+        init = self.init if init is None else init
+        if episode.kind != "classification" or self.config.adapter.head != "prototype":
+            return dict(init)
+        params = {n: t.clone() for n, t in init.items()}
+        params.update(prototype_head(self.model, init, episode.support, episode.n_way))
         return params
 
     def inner_adapt(self, episode: Episode, steps: Optional[int] = None, order: Optional[str] = None,

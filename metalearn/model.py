@@ -23,8 +23,10 @@ IGNORE = -100
 
 class TaskModel(nn.Module):
     def __init__(self, module: nn.Module, model_type: str, tokenizer=None, n_virtual_tokens: int = 0,
-                 max_length: int = 128):
+                 max_length: int = 128, head_metric: str = "euclidean", head_temperature: float = 0.05):
         super().__init__()
+        self.head_metric = head_metric  # how classification logits compare features with the head
+        self.head_temperature = head_temperature
         self.module = module
         self.model_type = model_type
         self.tokenizer = tokenizer

@@ -61,3 +61,29 @@ def sinusoid_task(rng, k: int = 10, q: int = 10, dtype=torch.float32) -> Task:
 
 def SinusoidFamily(k: int = 10, q: int = 10) -> Sinusoid:
     return Sinusoid(k_shot=k, q_query=q)
+
+
+def small_bert(seed: int = 0, dtype=torch.float32) -> nn.Module:
+    """A tiny BERT encoder built from a config (the byte tokenizer's ids fit its vocabulary)."""
+    from transformers import AutoModel, BertConfig
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, pad_token_id=0)
+    return AutoModel.from_config(cfg, attn_implementation="eager", dtype=dtype)
+
+
+class IntentFamily:
+    """3-way 2-shot toy intents: the class is which keyword a sentence contains."""
+
+    kind = "classification"
+    words = ["alarm", "weather", "music", "timer", "news", "taxi"]
+
+    def sample(self, split, rng):
+        classes = rng.choice(len(self.words), 3, replace=False)
+        rows = lambda n: [(f"please {self.words[c]} now {i}", label) for label, c in enumerate(classes)  # noqa: E731
+                          for i in range(n)]
+        support, query = rows(2), rows(2)
+        as_columns = lambda r: {"text": [t for t, _ in r], "label": torch.tensor([l for _, l in r])}  # noqa: E731,E741
+        return Task(as_columns(support), as_columns(query), "classification",
+                    label_names=tuple(self.words[c] for c in classes), task_id="intents-" + "-".join(map(str, classes)))

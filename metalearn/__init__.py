@@ -2,6 +2,7 @@
 
     learner = metalearn.fit(task_family, model=..., method="maml", inner_steps=3)
     adapted = learner.adapt(task.support, steps=5)
+    results = metalearn.evaluate({"maml": learner}, task_family, baselines=["random_init"])
     learner.save("init/");  learner = metalearn.load("init/")
 """
 import logging
@@ -9,11 +10,12 @@ import logging
 from . import tasks
 from .build import build_learner, load
 from .config import AdapterConfig, BaseConfig, InnerConfig, OuterConfig, RunConfig
+from .eval import evaluate
 from .fit import fit, make_config
 from .learner import AdaptedModel, Learner
 
 logging.getLogger("metalearn").addHandler(logging.NullHandler())
 
 __all__ = sorted(["AdaptedModel", "AdapterConfig", "BaseConfig", "InnerConfig", "Learner", "OuterConfig",
-                  "RunConfig", "build_learner", "fit", "load", "make_config", "tasks"])
+                  "RunConfig", "build_learner", "evaluate", "fit", "load", "make_config", "tasks"])
 __version__ = "0.1.0"

@@ -59,7 +59,7 @@ def markdown(results: "EvalResults", metric: Optional[str] = None) -> str:
         for s in steps:
             vals = [summary[(m, shots, s, metric)]["mean"] for m in st["methods"] if (m, shots, s, metric) in summary]
             vals = [v for v in vals if not math.isnan(v)]
-            best[s] = (max if higher else min)(vals) if vals else None
+            best[s] = (max if higher else min)(vals) if len(set(vals)) > 1 else None  # no bold for a tie of all
         for m in st["methods"]:
             cells = []
             for s in steps:

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-METHODS = ("maml", "fomaml", "reptile", "metasgd", "anil", "multitask")
+METHODS = ("maml", "fomaml", "reptile", "metasgd", "anil", "multitask", "protonet")
 INNER_OPTIMIZERS = ("sgd", "adam")
 QUANTIZATIONS = (None, "nf4", "int8")
 MODEL_TYPES = ("auto", "causal", "encoder", "seq2seq")
@@ -208,10 +208,15 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         method = self.outer.method
-        needs_inner = method not in ("multitask",)
+        needs_inner = method not in ("multitask", "protonet")
         if needs_inner and self.inner.steps == 0:
             raise ValueError(f"inner.steps=0 is invalid: method {method!r} adapts in an inner loop; "
-                             "use inner.steps >= 1 (or method='multitask', which has no inner loop)")
+                             "use inner.steps >= 1 (or method='multitask' / 'protonet', which have no inner loop)")
+        if method == "protonet" and self.adapter.head is None:
+            self.adapter.head = "prototype"
+        if method == "protonet" and self.adapter.head != "prototype":
+            raise ValueError(f"adapter.head={self.adapter.head!r} is invalid for method='protonet': a prototypical "
+                             "network classifies by support prototypes; set head='prototype'")
         if method == "metasgd":
             self.inner.learn_step_sizes = True
         if self.inner.backend == "higher" and method not in ("maml", "fomaml"):

@@ -86,6 +86,9 @@ def fit(family, model: Optional[nn.Module] = None, *, config: Union[RunConfig, d
     if family.kind == "classification" and config.adapter.head is None:
         config.adapter.head = "prototype"
         log.info("classification family: using a prototype-initialized head (ProtoMAML), which works for any N")
+    if config.outer.method == "protonet" and family.kind != "classification":
+        raise ValueError(f"method='protonet' needs a classification family, not a {family.kind!r} one; use "
+                         "method='multitask' for joint training on other kinds")
     if output_dir is not None and os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(f"output_dir={output_dir!r} is a file; give a folder path")
     if config.outer.checkpoint_every and output_dir is None:

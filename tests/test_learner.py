@@ -125,3 +125,18 @@ def test_adapt_predicts_and_generates():
     reg = build_learner(make_config(method="maml", inner_steps=1), mlp())
     sin = sinusoid_task(np.random.default_rng(0))
     assert reg.adapt(sin.support).predict(sin.query).shape == sin.query["y"].shape
+
+
+def test_protonet_trains_the_encoder_adapters_with_a_prototypical_loss():
+    from metalearn.base import byte_tokenizer
+    from tests.helpers import IntentFamily, small_bert
+
+    family = IntentFamily()
+    learner = metalearn.fit(family, model=small_bert(), tokenizer=byte_tokenizer(), method="protonet", lora_r=4,
+                            target_modules=["query", "value"], init_lora_weights="gaussian", head_metric="cosine",
+                            head_temperature=0.1, meta_steps=30, meta_batch=2, meta_lr=1e-2, progress=False)
+    assert learner.config.adapter.head == "prototype"
+    losses = [r["query_loss"] for r in learner.history]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    with pytest.raises(ValueError, match="protonet' needs a classification family"):
+        metalearn.fit(SinusoidFamily(), model=mlp(), method="protonet", progress=False)

@@ -2,7 +2,9 @@
 
 Each task contributes the gradient of its loss at the shared parameters on support and query
 together. For classification with a prototype head the prototypes come from the support set and the
-loss is taken on the query set (a prototypical-network objective: labels are episode-local).
+loss is taken on the query set: that is a prototypical network (Snell et al. 2017; with
+``head_metric="cosine"``, cosine similarity over a temperature), available as ``method="protonet"``
+(labels are episode-local, so a classification family can only be trained this way).
 """
 from __future__ import annotations
 

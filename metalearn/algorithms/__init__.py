@@ -15,6 +15,7 @@ REGISTRY = {
     "anil": maml.task_gradient,
     "reptile": reptile.task_gradient,
     "multitask": multitask.task_gradient,
+    "protonet": multitask.task_gradient,
 }
 
 

@@ -1,0 +1,115 @@
+"""A path for bitsandbytes 4-bit linear layers that torch.func can transform (vmap over tasks).
+
+bitsandbytes' ``MatMul4Bit`` is a legacy ``autograd.Function`` (no ``setup_context``), so
+``torch.func.vmap`` refuses it; on CPU it happens to slip through a composite kernel, on GPU it
+would not. Inside ``transformable_4bit(model)`` every ``Linear4bit`` computes instead
+
+    y = x @ dequantize(W)^T (+ bias)
+
+through ``Linear4bitFn``, a modern autograd.Function (``setup_context``, ``generate_vmap_rule``)
+whose backward is itself a 4-bit matmul, so it has a double backward (second-order MAML) and
+saves nothing but a reference to the frozen packed weight: like QLoRA, the graph never holds a
+dequantized copy per call. The weight is frozen, so its dequantized value may be cached for the
+duration of the context (one meta-step): on by default up to ``CACHE_BYTES`` of dequantized
+weights, which trades one transient full-precision copy for not dequantizing 3 times per call.
+The numbers are bitsandbytes' own: ``dequantize_4bit`` then ``F.linear``, exactly as its
+composite ``gemm_4bit`` kernel and ``MatMul4Bit``'s backward compute them.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CACHE_BYTES = 1 << 30
+"""Cache dequantized 4-bit weights during a meta-step while their total stays under this many bytes."""
+
+
+def is_linear4bit(module: nn.Module) -> bool:
+    """A bitsandbytes 4-bit linear layer (not peft's LoRA wrapper around one, which shares the class name)."""
+    bnb = sys.modules.get("bitsandbytes")  # never imported: no 4-bit layers can exist
+    return bnb is not None and isinstance(module, bnb.nn.Linear4bit)
+
+
+class Frozen4bit:
+    """One frozen 4-bit weight: dequantizes it on demand, from the cache when there is room."""
+
+    def __init__(self, module: nn.Module, cache: Optional[dict]):
+        self.module = module
+        self.cache = cache
+
+    def weight(self, dtype: torch.dtype) -> torch.Tensor:  # (out_features, in_features)
+        key = (id(self.module), dtype)
+        if self.cache is not None and key in self.cache:
+            return self.cache[key]
+        import bitsandbytes as bnb
+
+        w = self.module.weight
+        with torch.no_grad():
+            dense = bnb.functional.dequantize_4bit(w.data, w.quant_state).to(dtype)
+        if self.cache is not None and self.cache.get("bytes", 0) + dense.numel() * dense.element_size() <= CACHE_BYTES:
+            self.cache[key] = dense
+            self.cache["bytes"] = self.cache.get("bytes", 0) + dense.numel() * dense.element_size()
+        return dense
+
+
+class Linear4bitFn(torch.autograd.Function):
+    """``x @ W^T`` (or ``x @ W`` when ``transposed``) for a frozen 4-bit ``W``; differentiable to any order."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor, frozen: Frozen4bit, transposed: bool) -> torch.Tensor:
+        w = frozen.weight(x.dtype)
+        return F.linear(x, w.t() if transposed else w)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _, ctx.frozen, ctx.transposed = inputs
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        # d(x W^T)/dx = grad @ W: the same 4-bit product, transposed, and itself differentiable
+        return Linear4bitFn.apply(grad, ctx.frozen, not ctx.transposed), None, None
+
+
+def linear4bit_forward(module: nn.Module, cache: Optional[dict]):
+    """A ``forward`` for one Linear4bit that goes through ``Linear4bitFn`` (same dtype handling as bnb)."""
+    frozen = Frozen4bit(module, cache)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        dtype = getattr(module, "compute_dtype", None) or x.dtype
+        out = Linear4bitFn.apply(x.to(dtype), frozen, False)
+        if module.bias is not None:
+            out = out + module.bias.to(dtype)
+        return out.to(x.dtype)
+
+    return forward
+
+
+@contextlib.contextmanager
+def transformable_4bit(model: nn.Module, cache: bool = True) -> Iterator[int]:
+    """Route every 4-bit linear layer of ``model`` through ``Linear4bitFn`` while the context is open.
+
+    Yields the number of layers rerouted (0 for an unquantized model, where this does nothing). The
+    modules themselves are untouched apart from an instance ``forward`` that is removed on exit.
+
+    Example:
+        >>> with transformable_4bit(learner.model):
+        ...     losses = torch.func.vmap(loss_fn)(stacked_params, stacked_batches)
+    """
+    layers = [m for m in model.modules() if is_linear4bit(m) and "forward" not in vars(m)]
+    store: Optional[dict] = {} if cache else None
+    for m in layers:
+        m.forward = linear4bit_forward(m, store)
+    try:
+        yield len(layers)
+    finally:
+        for m in layers:
+            vars(m).pop("forward", None)
+        if store is not None:
+            store.clear()

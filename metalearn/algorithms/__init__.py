@@ -3,10 +3,16 @@
 MAML, first-order MAML, Meta-SGD and ANIL share ``maml.task_gradient``: they differ only in the
 inner-loop settings that ``RunConfig`` fixes for them (order, learned step sizes, trainable subset).
 """
+import logging
+import weakref
+
 import torch
 
-from . import maml, multitask, reptile
+from ..quant import transformable_4bit
+from . import batched, maml, multitask, reptile
 from .base import TaskGradient, grads_for
+
+log = logging.getLogger("metalearn")
 
 REGISTRY = {
     "maml": maml.task_gradient,
@@ -33,13 +39,44 @@ def get(method: str, backend: str = "functional"):
 def meta_gradient(learner, episodes, method: str, backend: str = "functional"):
     """Sum of the episodes' meta-gradients (this process's share) and the per-task results.
 
-    Each task's graph is freed as soon as its gradient is taken, so memory holds one task's graph.
+    With ``inner.task_batching`` "auto" (default) or "on", the whole meta-batch runs as one batched
+    computation (``algorithms.batched``); "auto" falls back to a loop over tasks where batching cannot
+    apply and says why once in the log, "on" raises ``ValueError`` there. In the loop each task's
+    graph is freed as soon as its gradient is taken, so memory holds one task's graph. Either way
+    4-bit layers go through ``quant.transformable_4bit`` (bitsandbytes' numbers, vmap-able, and the
+    frozen weight dequantized once per meta-step).
     """
-    task_gradient = get(method, backend)
-    results = [task_gradient(learner, episode) for episode in episodes]
+    mode = learner.config.inner.task_batching
+    with transformable_4bit(learner.model):
+        if mode != "off" and (len(episodes) > 1 or mode == "on") and learner not in _UNBATCHABLE:
+            ready, why = batched.plan(learner, episodes, method, backend)
+            if ready is None and mode == "on":
+                raise ValueError(f"inner.task_batching='on' cannot batch this meta-batch: {why}. Use "
+                                 "task_batching='auto' (falls back to a loop over tasks) or 'off'")
+            if ready is not None:
+                try:
+                    return batched.meta_gradient(learner, ready, method)
+                except RuntimeError as err:  # e.g. an op without a vmap rule, or out of memory
+                    if mode == "on":
+                        raise
+                    _UNBATCHABLE.add(learner)
+                    why = f"the batched step failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+            _say_once(why)
+        task_gradient = get(method, backend)
+        results = [task_gradient(learner, episode) for episode in episodes]
     meta = learner.meta_parameters()
     total = {n: sum(r.grads[n] for r in results) if results else torch.zeros_like(v) for n, v in meta.items()}
     return total, results
 
 
-__all__ = sorted(["REGISTRY", "TaskGradient", "get", "grads_for", "maml", "meta_gradient", "multitask", "reptile"])
+_UNBATCHABLE: "weakref.WeakSet" = weakref.WeakSet()  # learners whose batched step failed once: loop from then on
+_SAID: set[str] = set()
+
+
+def _say_once(why: str) -> None:
+    if why not in _SAID:
+        _SAID.add(why)
+        log.info("task batching does not apply (%s): running the meta-batch as a loop over tasks", why)
+
+
+__all__ = sorted(["REGISTRY", "TaskGradient", "batched", "get", "grads_for", "maml", "meta_gradient", "multitask", "reptile"])

@@ -2,7 +2,8 @@
 
 * ``zero_shot``: the frozen base with every adapter switched off and no adaptation. Generation: greedy
   decoding of the bare prompt. Classification with an encoder: the nearest-prototype classifier on
-  frozen features with the same squared-Euclidean head ProtoMAML starts from (Snell et al. 2017).
+  frozen features with the learner's own prototype head (Euclidean or cosine), i.e. ProtoMAML at step 0
+  without adapters (Snell et al. 2017).
 * ``in_context``: the frozen base with the support examples written into the prompt (causal LMs only).
 * ``prototypes``: cosine nearest-prototype on L2-normalized frozen features (encoders only).
 * ``linear_probe``: logistic regression (scikit-learn) fit on the frozen support features (encoders only).
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 
 from ..adapters import adaptable_params, init_prompt_from_text, write_params
 from ..config import RunConfig
+from ..functional import logits, prototype_head
 from ..learner import Learner
 from ..model import TaskModel
 from ..tasks.task import Task
@@ -125,7 +127,8 @@ def frozen_base(learner: Learner) -> Iterator[TaskModel]:
     """A TaskModel over the learner's base with the soft prompt and LoRA switched off (nothing copied)."""
     adapted, model = learner.adapted, learner.model
     module = adapted.prompt.base_model if adapted.prompt is not None else adapted.module
-    frozen = TaskModel(module, model.model_type, model.tokenizer, 0, model.max_length)
+    frozen = TaskModel(module, model.model_type, model.tokenizer, 0, model.max_length,
+                       getattr(model, "head_metric", "euclidean"), getattr(model, "head_temperature", 0.05))
     with adapted.lora.disable_adapter() if adapted.lora is not None else contextlib.nullcontext():
         yield frozen
 
@@ -162,29 +165,28 @@ def frozen_scores(name: str, learner: Learner, task: Task, *, generate: bool = T
 
 def _feature_baseline(name: str, frozen: TaskModel, task: Task) -> dict[str, float]:
     n_way = task.n_way
+    out: dict[str, float] = {}
     with torch.no_grad():
         support = frozen.encode(task.support, "classification")
         query = frozen.encode(task.query, "classification")
-        fs, fq = frozen.features(support).float(), frozen.features(query).float()  # (n, hidden)
-    ys, yq = support["label"].cpu(), query["label"].cpu().numpy()
-    onehot = F.one_hot(ys, n_way).to(fs.dtype)  # (n, n_way)
-    out: dict[str, float] = {}
-    if name == "zero_shot":  # ProtoMAML's starting head: -||f - c||^2
-        protos = onehot.t() @ fs / onehot.sum(0).clamp_min(1.0).unsqueeze(1)
-        logits = -torch.cdist(fq, protos) ** 2
-        out["nll"] = float(F.cross_entropy(logits, torch.as_tensor(yq)))
-        pred = logits.argmax(-1).numpy()
-    elif name == "prototypes":
-        fs, fq = F.normalize(fs, dim=-1), F.normalize(fq, dim=-1)
-        protos = F.normalize(onehot.t() @ fs, dim=-1)
+        yq = query["label"].cpu().numpy()
+        if name == "zero_shot":  # the learner's own prototype head (ProtoMAML at step 0), without adapters
+            lg = logits(frozen, prototype_head(frozen, {}, support, n_way), query).float().cpu()  # (n_query, n_way)
+            out["nll"] = float(F.cross_entropy(lg, torch.as_tensor(yq)))
+            pred = lg.argmax(-1).numpy()
+        else:
+            fs = F.normalize(frozen.features(support).float(), dim=-1).cpu()  # (n_support, hidden)
+            fq = F.normalize(frozen.features(query).float(), dim=-1).cpu()  # (n_query, hidden)
+            ys = support["label"].cpu()
+    if name == "prototypes":
+        protos = F.normalize(F.one_hot(ys, n_way).to(fs.dtype).t() @ fs, dim=-1)  # (n_way, hidden)
         pred = (fq @ protos.t()).argmax(-1).numpy()
-    else:  # linear_probe
+    elif name == "linear_probe":
         from sklearn.linear_model import LogisticRegression
 
-        xs, xq = F.normalize(fs, dim=-1).numpy(), F.normalize(fq, dim=-1).numpy()
-        probe = LogisticRegression(C=10.0, max_iter=1000).fit(xs, ys.numpy())
-        proba = np.full((len(xq), n_way), 1e-12)
-        proba[:, probe.classes_] = np.clip(probe.predict_proba(xq), 1e-12, None)
+        probe = LogisticRegression(C=10.0, max_iter=1000).fit(fs.numpy(), ys.numpy())
+        proba = np.full((len(yq), n_way), 1e-12)
+        proba[:, probe.classes_] = np.clip(probe.predict_proba(fq.numpy()), 1e-12, None)
         out["nll"] = float(-np.log(proba[np.arange(len(yq)), yq]).mean())
         pred = proba.argmax(-1)
     out["accuracy"] = metrics.accuracy(pred, yq)

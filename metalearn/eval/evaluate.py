@@ -87,8 +87,8 @@ class EvalResults:
         row = self._find(self.paired, method=method, metric=metric, steps=steps, shots=shots)
         return row["mean_diff"], row["ci95"]
 
-    def table(self, metric: Optional[str] = None) -> str:
-        """A markdown report: ``metric`` (default: the task kind's primary one) per method and step count."""
+    def table(self, metric: Union[str, Sequence[str], None] = None) -> str:
+        """A markdown report: ``metric`` (default: the kind's primary one; or a list) per method and step count."""
         from .report import markdown
 
         return markdown(self, metric)

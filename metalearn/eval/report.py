@@ -10,14 +10,14 @@ import io
 import json
 import math
 import os
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from . import metrics
 
 if TYPE_CHECKING:
     from .evaluate import EvalResults
 
-__all__ = ["atomic_write", "markdown", "plot_shots", "plot_steps", "plot_training", "write_all"]
+__all__ = ["atomic_write", "markdown", "pick_metric", "plot_shots", "plot_steps", "plot_training", "write_all"]
 
 KEYS = ("method", "shots", "steps", "episode", "task_id")
 
@@ -39,11 +39,11 @@ def _steps_header(steps: list[int]) -> str:
     return "| method | " + " | ".join(f"{s} step{'s' if s != 1 else ''}" for s in steps) + " |"
 
 
-def markdown(results: "EvalResults", metric: Optional[str] = None) -> str:
-    """Tables per shot count: ``metric`` by method x steps, paired differences, and all metrics at the last step."""
+def markdown(results: "EvalResults", metric: Union[str, Sequence[str], None] = None) -> str:
+    """Per shot count: each of ``metric`` (default: the primary one) by method x steps with paired differences,
+    then all metrics after the last step count."""
     st = results.settings
-    metric = metric or st["primary_metric"]
-    higher = metrics.HIGHER_IS_BETTER.get(metric, True)
+    chosen = [pick_metric(results, metric)] if metric is None or isinstance(metric, str) else list(metric)
     steps = st["steps"]
     summary = {(r["method"], r["shots"], r["steps"], r["metric"]): r for r in results.summary}
     lines = [f"## Evaluation: {st['kind']} ({st['episodes']} test episodes per shot count, seed {st['seed']})", "",
@@ -53,34 +53,8 @@ def markdown(results: "EvalResults", metric: Optional[str] = None) -> str:
              + " Best mean per column in bold; non-adapting baselines repeat across step counts.", ""]
     for shots in st["shots"]:
         k = "" if shots is None else f", K = {shots}"
-        lines += [f"### {metric} ({'higher' if higher else 'lower'} is better){k}", "", _steps_header(steps),
-                  "|---" * (len(steps) + 1) + "|"]
-        best = {}
-        for s in steps:
-            vals = [summary[(m, shots, s, metric)]["mean"] for m in st["methods"] if (m, shots, s, metric) in summary]
-            vals = [v for v in vals if not math.isnan(v)]
-            best[s] = (max if higher else min)(vals) if len(set(vals)) > 1 else None  # no bold for a tie of all
-        for m in st["methods"]:
-            cells = []
-            for s in steps:
-                row = summary.get((m, shots, s, metric))
-                cell = _fmt(row["mean"], row["ci95"]) if row else "—"
-                cells.append(f"**{cell}**" if row and row["mean"] == best[s] else cell)
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
-        lines.append("")
-        paired = {(r["method"], r["steps"]): r for r in results.paired if r["shots"] == shots and r["metric"] == metric}
-        if paired:
-            ref = st["reference"]
-            lines += [f"Paired difference {metric}(method) − {metric}({ref}) on the same episodes "
-                      f"({'positive' if higher else 'negative'} = better than {ref}):", "", _steps_header(steps),
-                      "|---" * (len(steps) + 1) + "|"]
-            for m in st["methods"]:
-                if m == ref:
-                    continue
-                cells = [_fmt(paired[(m, s)]["mean_diff"], paired[(m, s)]["ci95"]) if (m, s) in paired else "—"
-                         for s in steps]
-                lines.append(f"| {m} | " + " | ".join(cells) + " |")
-            lines.append("")
+        for name in chosen:
+            lines += _metric_tables(results, summary, name, shots, k)
         last = steps[-1]
         shown = [name for name in metrics.HIGHER_IS_BETTER
                  if any((m, shots, last, name) in summary for m in st["methods"])]
@@ -95,7 +69,52 @@ def markdown(results: "EvalResults", metric: Optional[str] = None) -> str:
     return "\n".join(lines)
 
 
+def _metric_tables(results: "EvalResults", summary: dict, metric: str, shots: Any, k: str) -> list[str]:
+    st = results.settings
+    steps = st["steps"]
+    higher = metrics.HIGHER_IS_BETTER.get(metric, True)
+    lines = [f"### {metric} ({'higher' if higher else 'lower'} is better){k}", "", _steps_header(steps),
+             "|---" * (len(steps) + 1) + "|"]
+    best = {}
+    for s in steps:
+        vals = [summary[(m, shots, s, metric)]["mean"] for m in st["methods"] if (m, shots, s, metric) in summary]
+        vals = [v for v in vals if not math.isnan(v)]
+        best[s] = (max if higher else min)(vals) if len(set(vals)) > 1 else None  # no bold for a tie of all
+    for m in st["methods"]:
+        cells = []
+        for s in steps:
+            row = summary.get((m, shots, s, metric))
+            cell = _fmt(row["mean"], row["ci95"]) if row else "—"
+            cells.append(f"**{cell}**" if row and row["mean"] == best[s] else cell)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines.append("")
+    paired = {(r["method"], r["steps"]): r for r in results.paired if r["shots"] == shots and r["metric"] == metric}
+    if paired:
+        ref = st["reference"]
+        lines += [f"Paired difference {metric}(method) − {metric}({ref}) on the same episodes "
+                  f"({'positive' if higher else 'negative'} = better than {ref}):", "", _steps_header(steps),
+                  "|---" * (len(steps) + 1) + "|"]
+        for m in st["methods"]:
+            if m == ref:
+                continue
+            cells = [_fmt(paired[(m, s)]["mean_diff"], paired[(m, s)]["ci95"]) if (m, s) in paired else "—"
+                     for s in steps]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 # ---------------------------------------------------------------- files
+
+
+def pick_metric(results: "EvalResults", metric: Optional[str] = None) -> str:
+    """``metric``, else the kind's primary metric if it was measured, else the first metric measured."""
+    if metric:
+        return metric
+    measured = {r["metric"] for r in results.summary}
+    primary = results.settings["primary_metric"]
+    return primary if primary in measured or not measured else next(m for m in metrics.HIGHER_IS_BETTER
+                                                                     if m in measured)
 
 
 def atomic_write(path: str, data: Any) -> None:
@@ -192,7 +211,7 @@ def _series(results: "EvalResults", metric: str, method: str, shots: Any, along:
 def plot_steps(results: "EvalResults", path: str, metric: Optional[str] = None) -> None:
     """``metric`` vs inner steps, one line per method with its 95% band, one panel per shot count."""
     plt = _pyplot()
-    metric = metric or results.settings["primary_metric"]
+    metric = pick_metric(results, metric)
     shots = results.settings["shots"]
     fig, axes = plt.subplots(1, len(shots), figsize=(5 * len(shots), 3.8), squeeze=False)
     adapting = set(results.settings.get("adapting", results.methods))
@@ -217,7 +236,7 @@ def plot_steps(results: "EvalResults", path: str, metric: Optional[str] = None) 
 def plot_shots(results: "EvalResults", path: str, metric: Optional[str] = None) -> None:
     """``metric`` vs shots after the largest step count, one line per method."""
     plt = _pyplot()
-    metric = metric or results.settings["primary_metric"]
+    metric = pick_metric(results, metric)
     last = results.settings["steps"][-1]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for m in results.methods:

@@ -64,6 +64,7 @@ def test_bleu_by_hand():
     assert metrics.bleu(["the cat sat on the mat"], ["the cat sat on a mat"]) == pytest.approx(expected, abs=0.01)
     assert metrics.bleu(["a b c d e"], ["a b c d e"]) == pytest.approx(100.0)
     assert metrics.bleu(["v w x y z"], ["a b c d e"]) == pytest.approx(0.0)
+    assert metrics.bleu(["cba"], ["cba"]) == pytest.approx(100.0)  # effective order: one word can match
 
 
 def test_mse_and_pairing_checks():

@@ -97,11 +97,15 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
 
 
 def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus BLEU (sacrebleu defaults: 13a tokenization, exponential smoothing), 0-100."""
-    import sacrebleu
+    """Corpus BLEU of the set (sacrebleu: 13a tokenization, exponential smoothing), 0-100.
+
+    With effective order: n-gram orders that no prediction is long enough to have are left out (as
+    sacrebleu's sentence BLEU does), so one-word outputs that match score 100 rather than 0.
+    """
+    from sacrebleu.metrics import BLEU
 
     _check_pairs(predictions, references)
-    return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
+    return float(BLEU(effective_order=True).corpus_score(list(predictions), [list(references)]).score)
 
 
 def _check_pairs(predictions: Sequence[str], references: Sequence[str]) -> None:

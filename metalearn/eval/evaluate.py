@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..adapters import adaptable_params, write_params
+from ..quant import transformable_4bit
 from ..learner import Episode, Learner
 from ..tasks.splits import as_range
 from ..tasks.task import Task, check_family
@@ -131,15 +132,15 @@ def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: Famil
         ...                              baselines=["random_init"], steps=[0, 1, 5], episodes=100)
         >>> print(results.table())
     """
-    learners, baselines, steps, shots_list, n_test, base = _check_inputs(
+    learners, baselines, steps, families, n_test, base = _check_inputs(
         methods, family, baselines, steps, shots, episodes, base, reference, lr_grid, val_episodes, output_dir)
-    kind = _kind_of(family, shots_list)
+    shots_list = list(families)
+    kind = families[shots_list[0]].kind
     n_test = n_test or DEFAULT_EPISODES[kind]
     tune = bool(lr_grid) and any(s > 0 for s in steps)
     # every task is sampled before anything is adapted: a broken split fails here, and every method gets the same list
-    tests = {k: sample_tasks(family_for_shots(family, k), "test", n_test, seed) for k in shots_list}
-    vals = {k: sample_tasks(family_for_shots(family, k), "val", val_episodes, seed + 1) if tune else []
-            for k in shots_list}
+    tests = {k: sample_tasks(families[k], "test", n_test, seed) for k in shots_list}
+    vals = {k: sample_tasks(families[k], "val", val_episodes, seed + 1) if tune else [] for k in shots_list}
     labels = {k: _shots_label(k, tests[k]) for k in shots_list}
     adapting = dict(learners)
     if "random_init" in baselines:
@@ -187,7 +188,7 @@ def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: Famil
     settings = {"methods": names, "baselines": list(baselines), "steps": list(steps),
                 "shots": [labels[k] for k in shots_list], "episodes": n_test, "val_episodes": val_episodes if tune else 0,
                 "lr_grid": list(lr_grid) if tune else None, "seed": seed, "reference": reference, "kind": kind,
-                "model_type": base.model.model_type, "family": repr(family), "generate": generate,
+                "model_type": base.model.model_type, "family": repr(families[shots_list[0]]), "generate": generate,
                 "primary_metric": metrics.PRIMARY[kind], "adapting": list(adapting),
                 "interval": "95% CI: mean ± 1.96·std/sqrt(n), sample std (ddof=1), normal approximation"}
     results = EvalResults(records, summarize(records), paired_differences(records, reference), tuning, settings,
@@ -241,13 +242,20 @@ def _budget(learner: Learner, task: Task) -> int:
 
 @contextlib.contextmanager
 def _evaluation_mode(modules: list, adapted_list: list) -> Iterator[None]:
-    """Modules in eval mode (no dropout) and the adapters' scratch values put back afterwards."""
+    """Modules in eval mode (no dropout) and the adapters' scratch values put back afterwards.
+
+    4-bit layers compute through ``quant.transformable_4bit``: the same numbers, but each frozen weight is
+    dequantized once for the whole evaluation instead of at every forward (on CPU that is most of the time).
+    """
     flags = [(m, m.training) for root in modules for m in root.modules()]
     saved = [(a, {n: t.detach().clone() for n, t in adaptable_params(a).items()}) for a in adapted_list]
     for root in modules:
         root.eval()
     try:
-        yield
+        with contextlib.ExitStack() as stack:
+            for root in {id(m): m for m in modules}.values():
+                stack.enter_context(transformable_4bit(root))
+            yield
     finally:
         for m, training in flags:
             m.training = training
@@ -322,10 +330,6 @@ def _shots_label(k: Optional[int], tasks: list[Task]) -> Optional[int]:
     return ks.pop() if len(ks) == 1 and isinstance(next(iter(ks), None), int) else None
 
 
-def _kind_of(family: FamilyOrFactory, shots: list) -> str:
-    return family_for_shots(family, shots[0]).kind
-
-
 # ---------------------------------------------------------------- input checks
 
 
@@ -375,7 +379,8 @@ def _check_inputs(methods, family, baselines, steps, shots, episodes, base, refe
         raise ValueError(f"family {family!r} is neither a task family nor a factory k_shot -> family")
     if not hasattr(family, "sample") and shots is None:
         raise ValueError("family is a factory k_shot -> family; give shots=[...] so it can be called")
-    kind = _kind_of(family, shots_list)
+    families = {k: family_for_shots(family, k) for k in shots_list}  # built once (a factory may read data)
+    kind = families[shots_list[0]].kind
     for name, learner in list(methods.items()) + [("base", base)]:
         model_type = learner.model.model_type
         if model_type not in MODEL_TYPES_FOR_KIND[kind]:
@@ -388,7 +393,7 @@ def _check_inputs(methods, family, baselines, steps, shots, episodes, base, refe
         raise ValueError(f"reference={reference!r} is not one of the evaluated methods {names}")
     if output_dir is not None and os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(f"output_dir={output_dir!r} is a file; give a folder path")
-    return methods, baselines, steps, shots_list, episodes, base
+    return methods, baselines, steps, families, episodes, base
 
 
 def _int_list(values: Any, name: str, minimum: int, fix: str) -> list[int]:

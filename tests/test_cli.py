@@ -1,0 +1,109 @@
+"""The `metalearn` command: --help everywhere, fit -> eval through files, the quick demo, bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from metalearn.cli import main, parser
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def subcommands():
+    actions = [a for a in parser()._actions if a.__class__.__name__ == "_SubParsersAction"]
+    return actions[0].choices
+
+
+@pytest.mark.parametrize("command", ["fit", "eval", "demo"])
+def test_help_explains_every_option(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for action in subcommands()[command]._actions:
+        assert action.help, f"{command}: {action.option_strings or action.dest} has no help"
+        for option in action.option_strings:
+            assert option in text
+
+
+def test_console_script_is_installed():
+    script = os.path.join(os.path.dirname(sys.executable), "metalearn")
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "fit" in result.stdout and "demo" in result.stdout
+
+
+def test_fit_then_eval_through_files(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("family: {name: sinusoid, k_shot: 5}\nmodel: {name: mlp, hidden: [16], seed: 3}\n"
+                      f"fit: {{method: fomaml, inner_steps: 1, meta_steps: 3, meta_batch: 2}}\n"
+                      f"output_dir: {tmp_path / 'run'}\n")
+    assert main(["fit", str(config), "--quiet"]) == 0
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["model"]["hidden"] == [16]
+    out = tmp_path / "eval"
+    code = main(["eval", "--learner", f"mine={tmp_path / 'run'}", "--steps", "0,1", "--shots", "2,4", "--episodes",
+                 "3", "--baselines", "random_init", "--lr-grid", "1,2", "--val-episodes", "1", "--output-dir", str(out),
+                 "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| mine |" in printed and "| random_init |" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["shots"] == [2, 4] and results["settings"]["methods"] == ["mine", "random_init"]
+    assert (out / "steps.png").stat().st_size > 1000
+
+
+def test_demo_quick_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--output-dir", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "| metasgd |" in printed and "| multitask |" in printed and "| fomaml |" in printed
+    for part in ("sinusoid", "text_rules"):
+        data = json.loads((out / part / "results.json").read_text())
+        assert data["records"] and (out / part / "steps.png").stat().st_size > 1000
+    assert json.loads((out / "sinusoid" / "results.json").read_text())["settings"]["steps"] == [0, 1, 5, 10]
+    assert (out / "results.md").read_text().startswith("# metalearn demo")
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["eval", "--learner", "{run}", "--steps", ""], r"steps=\[\] is empty"),
+    (["eval", "--learner", "{run}", "--steps", "0,-2"], r"not non-negative"),
+    (["eval", "--learner", "{run}", "--shots", "0"], r"shots=\[0\]"),
+    (["eval", "--learner", "{run}", "--steps", "a,b"], r"--steps 'a,b' is invalid"),
+    (["eval", "--learner", "{run}", "--baselines", "in_context"], r"'in_context' does not apply to a 'module'"),
+    (["eval", "--learner", "{run}", "--baselines", "randm_init"], r"unknown baseline 'randm_init'"),
+    (["eval", "--learner", "{tmp}/nowhere"], r"is not a folder"),
+    (["fit", "{tmp}/missing.yaml"], r"does not exist"),
+])
+def test_bad_input_exits_2_with_the_fix(argv, match, tmp_path, capsys, saved_run):
+    argv = [a.format(run=saved_run, tmp=tmp_path) for a in argv]
+    assert main(argv + ["--quiet"]) == 2
+    import re
+
+    assert re.search(match, capsys.readouterr().err)
+
+
+def test_fit_config_with_an_unknown_method(tmp_path, capsys):
+    config = tmp_path / "bad.json"
+    config.write_text(json.dumps({"family": "sinusoid", "model": "mlp", "fit": {"method": "mamal"},
+                                  "output_dir": str(tmp_path / "run")}))
+    assert main(["fit", str(config), "--quiet"]) == 2
+    assert "method='mamal' is invalid" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("saved")
+    config = folder / "run.yaml"
+    config.write_text(f"family: sinusoid\nmodel: mlp\nfit: {{method: fomaml, meta_steps: 1, meta_batch: 1}}\n"
+                      f"output_dir: {folder / 'run'}\n")
+    assert main(["fit", str(config), "--quiet"]) == 0
+    return str(folder / "run")

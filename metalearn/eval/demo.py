@@ -28,7 +28,7 @@ log = logging.getLogger("metalearn")
 BUDGETS = {
     "full": {"sin_meta_steps": 1500, "sin_episodes": 300, "sin_val": 16, "llm_meta_steps": 150, "llm_episodes": 20,
              "llm_val": 4},
-    "quick": {"sin_meta_steps": 60, "sin_episodes": 20, "sin_val": 4, "llm_meta_steps": 3, "llm_episodes": 2,
+    "quick": {"sin_meta_steps": 20, "sin_episodes": 8, "sin_val": 2, "llm_meta_steps": 2, "llm_episodes": 2,
               "llm_val": 1},
 }
 

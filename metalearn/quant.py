@@ -6,18 +6,19 @@ would not. Inside ``transformable_4bit(model)`` every ``Linear4bit`` computes in
 
     y = x @ dequantize(W)^T (+ bias)
 
-through ``Linear4bitFn``, a modern autograd.Function (``setup_context``, ``generate_vmap_rule``)
-whose backward is itself a 4-bit matmul, so it has a double backward (second-order MAML) and
-saves nothing but a reference to the frozen packed weight: like QLoRA, the graph never holds a
-dequantized copy per call. The weight is frozen, so its dequantized value may be cached for the
-duration of the context (one meta-step): on by default up to ``CACHE_BYTES`` of dequantized
-weights, which trades one transient full-precision copy for not dequantizing 3 times per call.
-The numbers are bitsandbytes' own: ``dequantize_4bit`` then ``F.linear``, exactly as its
-composite ``gemm_4bit`` kernel and ``MatMul4Bit``'s backward compute them.
+with bitsandbytes' own numbers (``dequantize_4bit`` then ``F.linear``, exactly as its composite
+``gemm_4bit`` kernel and ``MatMul4Bit``'s backward compute them). The weight is frozen, so its
+dequantized value is cached for the duration of the context (one meta-step) while the cache holds
+less than ``CACHE_BYTES``: then the layer is a plain ``F.linear`` on the cached tensor, which every
+torch.func transform and any order of differentiation handle natively, and the graph saves only
+references to that one copy. Past the budget (large models) a layer goes through ``Linear4bitFn``,
+a modern autograd.Function (``setup_context`` and a ``vmap`` rule) whose backward is itself a 4-bit
+matmul, so it has a double backward and, like QLoRA, saves no dequantized weight at all.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from typing import Iterator, Optional
 
@@ -36,31 +37,34 @@ def is_linear4bit(module: nn.Module) -> bool:
 
 
 class Frozen4bit:
-    """One frozen 4-bit weight: dequantizes it on demand, from the cache when there is room."""
+    """One frozen 4-bit weight: dequantizes it on demand, or once into the cache when there is room."""
 
     def __init__(self, module: nn.Module, cache: Optional[dict]):
         self.module = module
         self.cache = cache
 
-    def weight(self, dtype: torch.dtype) -> torch.Tensor:  # (out_features, in_features)
+    def cached(self, dtype: torch.dtype) -> Optional[torch.Tensor]:
+        """The dequantized weight from the cache (filling it if it fits the budget), else None."""
+        if self.cache is None:
+            return None
         key = (id(self.module), dtype)
-        if self.cache is not None and key in self.cache:
-            return self.cache[key]
+        if key not in self.cache:
+            nbytes = math.prod(self.module.weight.quant_state.shape) * torch.empty((), dtype=dtype).element_size()
+            fits = self.cache.get("bytes", 0) + nbytes <= CACHE_BYTES
+            self.cache[key] = self.weight(dtype) if fits else None  # None: over budget, never retried
+            self.cache["bytes"] = self.cache.get("bytes", 0) + (nbytes if fits else 0)
+        return self.cache[key]
+
+    def weight(self, dtype: torch.dtype) -> torch.Tensor:  # (out_features, in_features)
         import bitsandbytes as bnb
 
         w = self.module.weight
         with torch.no_grad():
-            dense = bnb.functional.dequantize_4bit(w.data, w.quant_state).to(dtype)
-        if self.cache is not None and self.cache.get("bytes", 0) + dense.numel() * dense.element_size() <= CACHE_BYTES:
-            self.cache[key] = dense
-            self.cache["bytes"] = self.cache.get("bytes", 0) + dense.numel() * dense.element_size()
-        return dense
+            return bnb.functional.dequantize_4bit(w.data, w.quant_state).to(dtype)
 
 
 class Linear4bitFn(torch.autograd.Function):
     """``x @ W^T`` (or ``x @ W`` when ``transposed``) for a frozen 4-bit ``W``; differentiable to any order."""
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(x: torch.Tensor, frozen: Frozen4bit, transposed: bool) -> torch.Tensor:
@@ -76,14 +80,23 @@ class Linear4bitFn(torch.autograd.Function):
         # d(x W^T)/dx = grad @ W: the same 4-bit product, transposed, and itself differentiable
         return Linear4bitFn.apply(grad, ctx.frozen, not ctx.transposed), None, None
 
+    @staticmethod
+    def vmap(info, in_dims, x, frozen, transposed):
+        # a linear map acts on the last dimension: a batch dimension anywhere else just rides along
+        x_dim = in_dims[0]
+        if x_dim is not None and x_dim in (-1, x.dim() - 1):
+            x, x_dim = x.movedim(x_dim, 0), 0
+        return Linear4bitFn.apply(x, frozen, transposed), x_dim
+
 
 def linear4bit_forward(module: nn.Module, cache: Optional[dict]):
-    """A ``forward`` for one Linear4bit that goes through ``Linear4bitFn`` (same dtype handling as bnb)."""
+    """A ``forward`` for one Linear4bit: F.linear on the cached weight, else ``Linear4bitFn`` (bnb's dtype handling)."""
     frozen = Frozen4bit(module, cache)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         dtype = getattr(module, "compute_dtype", None) or x.dtype
-        out = Linear4bitFn.apply(x.to(dtype), frozen, False)
+        weight = frozen.cached(dtype)
+        out = F.linear(x.to(dtype), weight) if weight is not None else Linear4bitFn.apply(x.to(dtype), frozen, False)
         if module.bias is not None:
             out = out + module.bias.to(dtype)
         return out.to(x.dtype)

@@ -28,11 +28,12 @@ def grads_to_second_order(module, x):
     return y.detach(), g.detach(), gg
 
 
-def test_transformable_path_equals_bitsandbytes(layer):
+@pytest.mark.parametrize("cache", [True, False])  # F.linear on the cached weight / Linear4bitFn
+def test_transformable_path_equals_bitsandbytes(layer, cache):
     assert quant.is_linear4bit(layer)
     x = torch.randn(2, 5, 64)
     reference = grads_to_second_order(layer, x)
-    with quant.transformable_4bit(layer) as n:
+    with quant.transformable_4bit(layer, cache=cache) as n:
         assert n == 1
         ours = grads_to_second_order(layer, x)
     assert "forward" not in vars(layer)  # restored
@@ -40,17 +41,21 @@ def test_transformable_path_equals_bitsandbytes(layer):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
 
 
-def test_transformable_path_vmaps_and_saves_no_dequantized_weight(layer):
+@pytest.mark.parametrize("in_dims", [0, 1])
+def test_uncached_path_vmaps_and_saves_no_dequantized_weight(layer, in_dims):
     xs = torch.randn(3, 4, 64, requires_grad=True)
     with quant.transformable_4bit(layer, cache=False):
         saved = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
-            y = torch.func.vmap(layer)(xs)
-        (g,) = torch.autograd.grad(y.sum(), xs)
+            y = torch.func.vmap(layer, in_dims=in_dims, out_dims=in_dims)(xs)
+        (g,) = torch.autograd.grad((y * y).sum(), xs, create_graph=True)
+        (gg,) = torch.autograd.grad(g.sum(), xs)
     assert (48, 64) not in saved and (64, 48) not in saved  # like QLoRA: the graph keeps the 4-bit weight only
-    expected = torch.stack([layer(x) for x in xs.detach()])
-    torch.testing.assert_close(y.detach(), expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(g, torch.autograd.grad(layer(xs).sum(), xs)[0], rtol=1e-5, atol=1e-6)
+    ref = layer(xs)  # bitsandbytes' own path, no vmap
+    (ref_g,) = torch.autograd.grad((ref * ref).sum(), xs, create_graph=True)
+    (ref_gg,) = torch.autograd.grad(ref_g.sum(), xs)
+    for ours, theirs in ((y, ref), (g, ref_g), (gg, ref_gg)):
+        torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-5, atol=1e-5)
 
 
 def test_peft_lora_wrapper_is_not_mistaken_for_a_4bit_layer(layer):

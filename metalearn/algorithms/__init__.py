@@ -61,7 +61,7 @@ def meta_gradient(learner, episodes, method: str, backend: str = "functional"):
                         raise
                     _UNBATCHABLE.add(learner)
                     why = f"the batched step failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
-            _say_once(why)
+            _say_once(learner, why)
         task_gradient = get(method, backend)
         results = [task_gradient(learner, episode) for episode in episodes]
     meta = learner.meta_parameters()
@@ -70,13 +70,13 @@ def meta_gradient(learner, episodes, method: str, backend: str = "functional"):
 
 
 _UNBATCHABLE: "weakref.WeakSet" = weakref.WeakSet()  # learners whose batched step failed once: loop from then on
-_SAID: set[str] = set()
+_SAID: "weakref.WeakSet" = weakref.WeakSet()  # learners whose fallback was logged (later ones go to debug)
 
 
-def _say_once(why: str) -> None:
-    if why not in _SAID:
-        _SAID.add(why)
-        log.info("task batching does not apply (%s): running the meta-batch as a loop over tasks", why)
+def _say_once(learner, why: str) -> None:
+    level = logging.DEBUG if learner in _SAID else logging.INFO
+    _SAID.add(learner)
+    log.log(level, "task batching does not apply (%s): running the meta-batch as a loop over tasks", why)
 
 
 __all__ = sorted(["REGISTRY", "TaskGradient", "batched", "get", "grads_for", "maml", "meta_gradient", "multitask", "reptile"])

@@ -34,7 +34,8 @@ def random_tokens(rows: int, seq: int, vocab: int, gen: torch.Generator) -> dict
 def llama_workload(quantization: Optional[str] = None, meta_batch: int = 4, steps: int = 3, rows: int = 8,
                    seq: int = 32, seed: int = 0, **overrides) -> tuple[Learner, list[Episode]]:
     """The core-issue tiny Llama learner and ``meta_batch`` random-token generation episodes."""
-    config = make_config(method="maml", inner_steps=steps, quantization=quantization, **LLAMA_ADAPTER, **overrides)
+    overrides.setdefault("method", "maml")
+    config = make_config(inner_steps=steps, quantization=quantization, **LLAMA_ADAPTER, **overrides)
     learner = build_learner(config, tiny_llama(seed=seed))
     vocab = learner.model.module.config.vocab_size if hasattr(learner.model.module, "config") else 512
     gen = torch.Generator().manual_seed(seed)
@@ -51,7 +52,8 @@ def sinusoid_workload(meta_batch: int = 25, steps: int = 3, k: int = 10, seed: i
     torch.manual_seed(seed)
     mlp = torch.nn.Sequential(torch.nn.Linear(1, 40), torch.nn.ReLU(), torch.nn.Linear(40, 40), torch.nn.ReLU(),
                               torch.nn.Linear(40, 1))
-    learner = build_learner(make_config(method="maml", inner_steps=steps, **overrides), mlp)
+    overrides.setdefault("method", "maml")
+    learner = build_learner(make_config(inner_steps=steps, **overrides), mlp)
     rng = np.random.default_rng(seed)
     family = Sinusoid(k_shot=k, q_query=k)
     return learner, [learner.episode(family.sample("train", rng)) for _ in range(meta_batch)]

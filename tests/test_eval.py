@@ -13,7 +13,8 @@ import metalearn
 from metalearn.build import build_learner
 from metalearn.eval import evaluate
 from metalearn.eval.baselines import in_context_prompts, random_init
-from metalearn.eval.evaluate import _split_episode, adapt, family_for_shots
+from metalearn.eval.evaluate import _split_episode, adapt
+from metalearn.eval.inputs import family_for_shots
 from metalearn.fit import make_config
 from metalearn.tasks import Task
 from tests.helpers import CopyFamily, IntentFamily, SinusoidFamily, mlp, small_bert, small_llama

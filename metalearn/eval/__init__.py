@@ -6,7 +6,8 @@
 """
 from . import baselines, metrics, report
 from .baselines import BASELINES
-from .evaluate import DEFAULT_EPISODES, DEFAULT_LR_GRID, DEFAULT_STEPS, EvalResults, evaluate, family_for_shots
+from .evaluate import DEFAULT_EPISODES, DEFAULT_LR_GRID, DEFAULT_STEPS, EvalResults, evaluate
+from .inputs import family_for_shots, sample_tasks
 
 __all__ = sorted(["BASELINES", "DEFAULT_EPISODES", "DEFAULT_LR_GRID", "DEFAULT_STEPS", "EvalResults", "baselines",
-                  "evaluate", "family_for_shots", "metrics", "report"])
+                  "evaluate", "family_for_shots", "metrics", "report", "sample_tasks"])

@@ -32,6 +32,8 @@ example config (YAML or JSON):
     meta_steps: 1000
     meta_batch: 8
     meta_lr: 0.001
+    # config: {...}                # optional: a whole RunConfig dict the keys above override
+    # resume: runs/x/checkpoint.pt # optional: continue a checkpointed run
   output_dir: runs/sinusoid-maml   # log.jsonl, training_curve.png, learner/ and run.json go here
 """
 
@@ -136,10 +138,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     family = load_family(config["family"])
     model, model_name = build_model(config["model"])
     overrides = dict(config.get("fit") or {})
+    special = {k: overrides.pop(k) for k in ("config", "resume") if k in overrides}  # fit() arguments, not settings
     if model_name is not None:
         overrides.setdefault("model_name", model_name)
-    metalearn.make_config(**{k: v for k, v in overrides.items() if k != "config"})  # validate before any work
-    learner = metalearn.fit(family, model=model, output_dir=output_dir, progress=not args.quiet, **overrides)
+    metalearn.make_config(special.get("config"), **overrides)  # validate every setting before any work
+    learner = metalearn.fit(family, model=model, output_dir=output_dir, progress=not args.quiet, **special,
+                            **overrides)
     from .eval.report import atomic_write
 
     run = {"family": config["family"], "model": config["model"], "fit": config.get("fit") or {},

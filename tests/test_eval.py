@@ -157,6 +157,16 @@ def test_generation_metrics_and_in_context_baseline(monkeypatch):
         assert {"nll", "exact_match", "rouge1", "rouge2", "rougeL", "bleu"} <= set(r)
         assert 0 <= r["exact_match"] <= 1 and 0 <= r["rougeL"] <= 1 and 0 <= r["bleu"] <= 100
         assert np.isfinite(r["nll"])
+    # a verbalized classification task is also scored by ranking the label words (accuracy, macro-F1)
+    words = ["alarm", "music", "taxi", "news", "timer", "weather"]
+    data = {"text": [f"please {w} now {i}" for w in words for i in range(3)], "label": [w for w in words for _ in range(3)]}
+    splits = {"train": words[:2], "val": words[2:4], "test": words[4:]}
+    verbalized = metalearn.tasks.Verbalized(metalearn.tasks.NWayKShot(data, n_way=2, k_shot=1, q_query=2,
+                                                                      splits=splits))
+    scored = evaluate({"init": learner}, verbalized, baselines=["zero_shot"], steps=[0], episodes=2, lr_grid=None,
+                      generate=False, progress=False)
+    assert all(0 <= r["accuracy"] <= 1 and "macro_f1" in r and "exact_match" not in r for r in scored.records)
+    assert scored.settings["primary_metric"] == "exact_match" and "### accuracy" in scored.table()  # not decoded
     # perfect predictions score 1 (and the in-context prompt holds the support examples)
     monkeypatch.setattr("metalearn.generate.greedy", lambda model, adapted, params, prompts, n: [
         {"aaa=": "aaax"}.get(p[-4:], "?") for p in prompts])

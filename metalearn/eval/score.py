@@ -55,7 +55,7 @@ def score_generation(model: TaskModel, adapted: Optional[Adapted], params: Param
     with torch.no_grad():
         out["nll"] = float(model.sequence_nll(model.encode_generation(prompts, refs)).float().mean())
         if "label" in task.query and task.label_names:
-            pred = _rank_label_words(model, prompts, refs, task)
+            pred = _rank_label_words(model, prompts, task)
             true = torch.as_tensor(task.query["label"]).numpy()
             out["accuracy"] = metrics.accuracy(pred, true)
             out["macro_f1"] = metrics.macro_f1(pred, true, len(task.label_names))
@@ -73,11 +73,11 @@ def score_generation(model: TaskModel, adapted: Optional[Adapted], params: Param
     return out
 
 
-def _rank_label_words(model: TaskModel, prompts: list[str], refs: list[str], task: Task):
+def _rank_label_words(model: TaskModel, prompts: list[str], task: Task):
     """Predicted class per query: the label word with the lowest completion NLL (per token)."""
-    labels = torch.as_tensor(task.query["label"])
-    word = task.label_names[int(labels[0])]
-    prefix = refs[0][: len(refs[0]) - len(word)] if refs[0].endswith(word) else ""
+    first = task.support["completion"][0]  # the text around a label word, read from the support set
+    word = task.label_names[int(torch.as_tensor(task.support["label"])[0])]
+    prefix = first[: len(first) - len(word)] if first.endswith(word) else ""
     n_way = len(task.label_names)
     cand_prompts = [p for p in prompts for _ in range(n_way)]
     cand_completions = [prefix + w for _ in prompts for w in task.label_names]

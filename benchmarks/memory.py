@@ -8,6 +8,8 @@ resident set over one meta-step, in a fresh subprocess per measurement (allocato
 Expected: second order grows with inner steps, first order and Reptile stay flat (truncation and
 checkpointing bound the second-order growth); the per-task loop's peak does not grow with the
 meta-batch (one task's graph at a time), the batched step's grows about linearly.
+With checkpointing, graph MB shows only what the forward keeps (the recomputation in backward saves
+under torch.utils.checkpoint's own hooks); read its RSS column.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """``metalearn.fit``: the outer loop from a task family to a meta-learned initialization.
 
 family ─sample─▶ tasks ─encode─▶ episodes ─algorithm─▶ per-task meta-gradients ─average─▶ AdamW step.
-Each task's graph is freed right after its gradient, so memory does not grow with the meta-batch.
+With ``task_batching="off"`` each task's graph is freed right after its gradient, so memory does not
+grow with the meta-batch; the batched default trades memory (about linear in the meta-batch) for speed.
 """
 from __future__ import annotations
 

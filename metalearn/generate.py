@@ -27,9 +27,10 @@ def greedy(model: TaskModel, adapted: Adapted, params: Params, prompts: list[str
                                   max_new_tokens=max_new_tokens, do_sample=False)
         return tok.batch_decode(out, skip_special_tokens=True)
     rows = []
+    keep = max(model.max_length - max_new_tokens, 1)  # as in training: the end of a long prompt survives
     for prompt in prompts:
         ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        rows.append(([tok.bos_token_id] if tok.bos_token_id is not None else []) + ids)
+        rows.append((([tok.bos_token_id] if tok.bos_token_id is not None else []) + ids)[-keep:])
     width = max(len(r) for r in rows)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)

@@ -140,3 +140,13 @@ def test_protonet_trains_the_encoder_adapters_with_a_prototypical_loss():
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     with pytest.raises(ValueError, match="protonet' needs a classification family"):
         metalearn.fit(SinusoidFamily(), model=mlp(), method="protonet", progress=False)
+
+
+def test_generation_keeps_the_end_of_an_overlong_prompt_like_training():
+    learner = llama_learner(method="fomaml", max_length=24)
+    task = CopyFamily().sample("test", np.random.default_rng(2))
+    long_prompts = ["x" * 200 + p for p in task.query["prompt"]]
+    adapted = learner.adapt(task.support, steps=1)
+    outputs = adapted.generate(long_prompts, max_new_tokens=4)
+    tails = adapted.generate([p[-20:] for p in long_prompts], max_new_tokens=4)  # 24 - 4 new tokens kept
+    assert outputs == tails and len(outputs) == len(long_prompts)

@@ -121,8 +121,10 @@ class Learner:
         step_sizes = self.step_sizes
         if steps > inner.steps and inner.per_step:  # beyond the learned schedule: keep the last step size
             step_sizes = {n: torch.cat([t, t[-1:].expand(steps - inner.steps)]) for n, t in step_sizes.items()}
-        return unroll(lambda p: self.loss(p, episode.support, episode.kind), params, step_sizes, self.optimizer,
-                      steps, order or inner.order, inner.truncate, inner.checkpoint, trainable, on_loss)
+        fast, losses = unroll(lambda p: self.loss(p, episode.support, episode.kind), params, step_sizes,
+                              self.optimizer, steps, order or inner.order, inner.truncate, inner.checkpoint,
+                              trainable, on_loss)
+        return fast, [float(loss) for loss in losses]
 
     # ---- public -----------------------------------------------------------------------------------
     def adapt(self, support: Union[Task, Mapping[str, Any]], steps: Optional[int] = None,

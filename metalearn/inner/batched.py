@@ -13,11 +13,10 @@ from __future__ import annotations
 from typing import Callable, Iterable, Optional, Sequence
 
 import torch
-from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from ..model import IGNORE
 from ..types import Batch, Params
-from .loop import second_order_at
+from .loop import unroll
 from .optimizers import GradientTransformation
 from .step_sizes import at_step
 
@@ -66,34 +65,12 @@ def unroll_batched(loss_fn: Callable[[Params], torch.Tensor], params: Params, st
     """``loop.unroll`` for stacked parameters: ``loss_fn`` returns the (tasks,) vector of task losses.
 
     ``step_sizes`` hold shared tensors (shape () or (steps,)) or per-task ones of shape
-    (tasks, steps) (learned Meta-SGD sizes, so that each task's gradient is its own slice). Returns the fast parameters (tasks, ...) and each step's (tasks,) support losses.
-    The optimizer must act elementwise (SGD, Adam): a global-norm clip would mix the tasks.
+    (tasks, steps) (learned Meta-SGD sizes, so that each task's gradient is its own slice). Returns the
+    fast parameters (tasks, ...) and each step's (tasks,) support losses. The optimizer must act
+    elementwise (SGD, Adam): a global-norm clip would mix the tasks.
     """
-    names = [n for n in params if trainable is None or n in set(trainable)]
-    state = optimizer.init({n: params[n] for n in names})
-    losses: list[torch.Tensor] = []
-    for step in range(steps):
-        create_graph = second_order_at(step, steps, order, truncate)
-
-        def one_step(current: Params, opt_state):
-            task_losses = loss_fn(current)  # (tasks,)
-            grads = torch.autograd.grad(task_losses.sum(), [current[n] for n in names], create_graph=create_graph,
-                                        allow_unused=True)
-            grads = {n: torch.zeros_like(current[n]) if g is None else g for n, g in zip(names, grads)}
-            if not create_graph:
-                grads = {n: g.detach() for n, g in grads.items()}
-            directions, opt_state = optimizer.update(grads, opt_state, {n: current[n] for n in names})
-            new = dict(current)
-            for n in names:
-                new[n] = current[n] - task_axis(_at_step(step_sizes[n], step), current[n]) * directions[n]
-            return new, opt_state, task_losses.detach()
-
-        if checkpoint and create_graph:
-            params, state, task_losses = torch_checkpoint(one_step, params, state, use_reentrant=False)
-        else:
-            params, state, task_losses = one_step(params, state)
-        losses.append(task_losses)
-    return params, losses
+    return unroll(loss_fn, params, step_sizes, optimizer, steps, order, truncate, checkpoint, trainable,
+                  step_size=lambda size, step, p: task_axis(_at_step(size, step), p))
 
 
 def _at_step(size: torch.Tensor, step: int) -> torch.Tensor:

@@ -33,22 +33,27 @@ def second_order_at(step: int, steps: int, order: str, truncate: Optional[int]) 
 def unroll(loss_fn: LossFn, params: Params, step_sizes: Params, optimizer: GradientTransformation, steps: int,
            order: str = "second", truncate: Optional[int] = None, checkpoint: bool = False,
            trainable: Optional[Iterable[str]] = None,
-           on_loss: Optional[Callable[[int, torch.Tensor], None]] = None) -> tuple[Params, list[float]]:
+           on_loss: Optional[Callable[[int, torch.Tensor], None]] = None,
+           step_size: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] = lambda size, step, p: at_step(size, step),
+           ) -> tuple[Params, list[torch.Tensor]]:
     """Adapt ``params`` by ``steps`` optimizer steps on ``loss_fn``; return the fast params and support losses.
 
-    ``trainable`` (ANIL) restricts the adapted tensors to those names; the rest pass through
-    unchanged but stay in the graph. ``on_loss(step, loss)`` sees each support loss (e.g. to guard
-    against NaN).
+    ``loss_fn`` returns a scalar, or a vector of independent losses (one per task of a batched
+    meta-batch, see ``inner.batched``) whose sum is differentiated. ``step_size(size, step, param)``
+    gives the multiplier of a tensor's direction at ``step``. ``trainable`` (ANIL) restricts the
+    adapted tensors to those names; the rest pass through unchanged but stay in the graph.
+    ``on_loss(step, loss)`` sees each support loss (e.g. to guard against NaN). The losses come back
+    detached, one tensor per step.
     """
     names = [n for n in params if trainable is None or n in set(trainable)]
     state = optimizer.init({n: params[n] for n in names})
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []
     for step in range(steps):
         create_graph = second_order_at(step, steps, order, truncate)
 
         def one_step(current: Params, opt_state):
-            loss = loss_fn(current)
-            grads = torch.autograd.grad(loss, [current[n] for n in names], create_graph=create_graph,
+            loss = loss_fn(current)  # () or (tasks,)
+            grads = torch.autograd.grad(loss.sum(), [current[n] for n in names], create_graph=create_graph,
                                         allow_unused=True)
             grads = {n: torch.zeros_like(current[n]) if g is None else g for n, g in zip(names, grads)}
             if not create_graph:
@@ -56,7 +61,7 @@ def unroll(loss_fn: LossFn, params: Params, step_sizes: Params, optimizer: Gradi
             directions, opt_state = optimizer.update(grads, opt_state, {n: current[n] for n in names})
             new = dict(current)
             for n in names:
-                new[n] = current[n] - at_step(step_sizes[n], step) * directions[n]
+                new[n] = current[n] - step_size(step_sizes[n], step, current[n]) * directions[n]
             return new, opt_state, loss.detach()
 
         if checkpoint and create_graph:
@@ -65,5 +70,5 @@ def unroll(loss_fn: LossFn, params: Params, step_sizes: Params, optimizer: Gradi
             params, state, loss = one_step(params, state)
         if on_loss is not None:
             on_loss(step, loss)
-        losses.append(float(loss))
+        losses.append(loss)
     return params, losses

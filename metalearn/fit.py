@@ -83,30 +83,7 @@ def fit(family, model: Optional[nn.Module] = None, *, config: Union[RunConfig, d
         >>> adapted = learner.adapt(task.support, steps=5)
     """
     config = make_config(config, **overrides)
-    check_family(family)
-    if family.kind == "classification" and config.adapter.head is None:
-        config.adapter.head = "prototype"
-        log.info("classification family: using a prototype-initialized head (ProtoMAML), which works for any N")
-    if config.outer.method == "protonet" and family.kind != "classification":
-        raise ValueError(f"method='protonet' needs a classification family, not a {family.kind!r} one; use "
-                         "method='multitask' for joint training on other kinds")
-    if output_dir is not None and os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise ValueError(f"output_dir={output_dir!r} is a file; give a folder path")
-    if config.outer.checkpoint_every and output_dir is None:
-        raise ValueError("checkpoint_every > 0 needs output_dir: checkpoints are written to output_dir/checkpoint.pt")
-    resumed = checkpoint.load(resume) if resume is not None else None
-    if resumed is not None and resumed["config"] != _resumable(config):
-        raise ValueError(f"cannot resume from {resume!r}: it was written with different settings; resume with the "
-                         "same config (only meta_steps may change)")
-    if config.inner.backend == "higher":
-        if model is None:
-            raise ValueError("backend='higher' needs model=<a plain nn.Module>; transformers models loaded by name "
-                             "cannot be patched by higher. Use backend='functional'")
-        from .algorithms.higher_maml import check_higher_model
-
-        check_higher_model(model)
-        if family.kind != "regression":
-            raise ValueError(f"backend='higher' supports regression families (MSE) only, not {family.kind!r}")
+    resumed = _check_inputs(family, model, config, output_dir, resume)
     torch.manual_seed(config.outer.seed)
     rng = np.random.default_rng(config.outer.seed)
     probe_task = family.sample("train", np.random.default_rng(config.outer.seed + 10_000))
@@ -133,28 +110,7 @@ def fit(family, model: Optional[nn.Module] = None, *, config: Union[RunConfig, d
     bar = tqdm(range(start, config.outer.meta_steps), desc=f"meta-train ({config.outer.method})",
                initial=start, total=config.outer.meta_steps, disable=not progress or not main_process)
     for step in bar:
-        tasks = [family.sample("train", rng) for _ in range(config.outer.meta_batch)]  # same on every rank
-        episodes = [learner.episode(task) for task in distributed.shard(tasks)]
-        summed, results = algorithms.meta_gradient(learner, episodes, config.outer.method, config.inner.backend)
-        summed = distributed.all_reduce_sum(summed)
-        problem = guards.first_nonfinite(episodes, results, summed)
-        record: dict = {"step": step + 1}
-        if problem is not None:
-            message = f"meta-step {step + 1}: {problem}"
-            if config.outer.on_nonfinite == "stop":
-                raise FloatingPointError(f"{message}. The last good checkpoint is kept"
-                                         + (f" at {ckpt_path}" if ckpt_path else "") + "; lower the learning rates, "
-                                         "set inner clip_norm, or use on_nonfinite='skip'")
-            log.warning("%s; meta-step skipped", message)
-            record["skipped"] = problem
-        else:
-            mean_grads = {n: g / len(tasks) for n, g in summed.items()}
-            record["grad_norm"] = outer.apply(meta, mean_grads, optimizer, scheduler, config.outer.clip_norm)
-            record["meta_lr"] = scheduler.get_last_lr()[0]
-        record["query_loss"] = float(np.mean([t.query_loss for t in results]))
-        first = [t.support_losses[0] for t in results if t.support_losses]
-        if first:
-            record["support_loss_first"] = float(np.mean(first))
+        record = meta_step(learner, family, rng, optimizer, scheduler, step, ckpt_path)
         if config.outer.eval_every and (step + 1) % config.outer.eval_every == 0:
             record["val_query_loss"] = validate(learner, family, config.outer.eval_tasks, config.outer.seed + 1)
         learner.history.append(record)
@@ -175,6 +131,66 @@ def _resumable(config: RunConfig) -> dict:
     data = config.to_dict()
     data["outer"] = {k: v for k, v in data["outer"].items() if k != "meta_steps"}
     return json.loads(json.dumps(data, default=str))
+
+
+def meta_step(learner: Learner, family, rng: np.random.Generator, optimizer, scheduler, step: int,
+              ckpt_path: Optional[str] = None) -> dict:
+    """One outer update: sample the meta-batch, take its meta-gradient, guard it, step; return the log record."""
+    config = learner.config
+    meta = learner.meta_parameters()
+    tasks = [family.sample("train", rng) for _ in range(config.outer.meta_batch)]  # same on every rank
+    episodes = [learner.episode(task) for task in distributed.shard(tasks)]
+    summed, results = algorithms.meta_gradient(learner, episodes, config.outer.method, config.inner.backend)
+    summed = distributed.all_reduce_sum(summed)
+    problem = guards.first_nonfinite(episodes, results, summed)
+    record: dict = {"step": step + 1}
+    if problem is not None:
+        message = f"meta-step {step + 1}: {problem}"
+        if config.outer.on_nonfinite == "stop":
+            raise FloatingPointError(f"{message}. The last good checkpoint is kept"
+                                     + (f" at {ckpt_path}" if ckpt_path else "") + "; lower the learning rates, "
+                                     "set inner clip_norm, or use on_nonfinite='skip'")
+        log.warning("%s; meta-step skipped", message)
+        record["skipped"] = problem
+    else:
+        mean_grads = {n: g / len(tasks) for n, g in summed.items()}
+        record["grad_norm"] = outer.apply(meta, mean_grads, optimizer, scheduler, config.outer.clip_norm)
+        record["meta_lr"] = scheduler.get_last_lr()[0]
+    record["query_loss"] = float(np.mean([t.query_loss for t in results]))
+    first = [t.support_losses[0] for t in results if t.support_losses]
+    if first:
+        record["support_loss_first"] = float(np.mean(first))
+    return record
+
+
+def _check_inputs(family, model: Optional[nn.Module], config: RunConfig, output_dir: Optional[str],
+                  resume: Optional[str]) -> Optional[dict]:
+    """Every check that needs no model: raise before anything is loaded or written; return the resumed state."""
+    check_family(family)
+    if family.kind == "classification" and config.adapter.head is None:
+        config.adapter.head = "prototype"
+        log.info("classification family: using a prototype-initialized head (ProtoMAML), which works for any N")
+    if config.outer.method == "protonet" and family.kind != "classification":
+        raise ValueError(f"method='protonet' needs a classification family, not a {family.kind!r} one; use "
+                         "method='multitask' for joint training on other kinds")
+    if output_dir is not None and os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"output_dir={output_dir!r} is a file; give a folder path")
+    if config.outer.checkpoint_every and output_dir is None:
+        raise ValueError("checkpoint_every > 0 needs output_dir: checkpoints are written to output_dir/checkpoint.pt")
+    if config.inner.backend == "higher":
+        if model is None:
+            raise ValueError("backend='higher' needs model=<a plain nn.Module>; transformers models loaded by name "
+                             "cannot be patched by higher. Use backend='functional'")
+        from .algorithms.higher_maml import check_higher_model
+
+        check_higher_model(model)
+        if family.kind != "regression":
+            raise ValueError(f"backend='higher' supports regression families (MSE) only, not {family.kind!r}")
+    resumed = checkpoint.load(resume) if resume is not None else None
+    if resumed is not None and resumed["config"] != _resumable(config):
+        raise ValueError(f"cannot resume from {resume!r}: it was written with different settings; resume with the "
+                         "same config (only meta_steps may change)")
+    return resumed
 
 
 def validate(learner: Learner, family, n_tasks: int, seed: int) -> float:

@@ -4,7 +4,7 @@
                                  baselines=["random_init"], steps=[0, 1, 5, 10], shots=[5, 10])
     print(results.table());  results.save("runs/eval")
 """
-from . import baselines, metrics, report
+from . import baselines, guard, metrics, report
 from .baselines import BASELINES
 from .evaluate import DEFAULT_EPISODES, DEFAULT_LR_GRID, DEFAULT_STEPS, EvalResults, evaluate
 from .inputs import family_for_shots, sample_tasks

@@ -100,6 +100,40 @@ def evaluate_all(args, learners: dict, out: str) -> list[dict]:
     return rows
 
 
+def guard_rows(args, learner: metalearn.Learner, rows: list[dict], out: str) -> list[dict]:
+    """ProtoMAML behind the forgetting guard: per target, meta-learned or foundation, chosen on its val split.
+
+    The guarded result on the test episodes is the chosen method's (same episodes), so its paired
+    difference from the foundation is the chosen one's: 0 where the guard falls back.
+    """
+    from metalearn.eval import guard
+
+    train_family = load("clinc150", n_way=args.train_ways, k_shot=1, q_query=5)
+    added = []
+    last = max(args.steps)
+    for dataset, n_way, k_shot in parse_settings(args.settings):
+        overrides = {"splits": SPLITS[dataset]} if dataset in SPLITS else {}
+        family = load(dataset, n_way=n_way, k_shot=k_shot, q_query=5, **overrides)
+        if dataset == "clinc150":
+            guard.check_held_out(train_family, family)
+        name = f"{dataset}_{n_way}way_{k_shot}shot"
+        choice = guard.choose(learner, family, foundation="prototypes", steps=last, episodes=args.guard_episodes,
+                              metric="accuracy", seed=args.seed)
+        pick = "protomaml" if choice["use"] == "meta" else "prototypes"
+        for row in rows:
+            if row["setting"] == name and row["method"] == pick and row["steps"] == last and not row.get("paired"):
+                added.append({**row, "method": "protomaml+guard", "guard": choice})
+        paired = [r for r in rows if r["setting"] == name and r.get("paired") and r["method"] == "protomaml"
+                  and r["steps"] == last]
+        for row in paired:
+            zero = {"mean_diff": 0.0, "ci95": 0.0} if pick == "prototypes" else {}
+            added.append({**row, **zero, "method": "protomaml+guard", "guard": choice})
+        print(f"guard on {name}: val accuracy meta {choice['val']['meta']:.3f} vs foundation "
+              f"{choice['val']['foundation']:.3f} -> {choice['use']}")
+    atomic_write(os.path.join(out, "summary.json"), json.dumps({"args": vars(args), "rows": rows + added}, indent=2))
+    return added
+
+
 def summary_table(rows: list[dict], steps: list[int]) -> str:
     """Accuracy (%) ± 95% CI per method and setting, at the largest step count for adapting methods."""
     settings = list(dict.fromkeys(r["setting"] for r in rows))
@@ -191,21 +225,34 @@ def main(argv=None) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--report-only", action="store_true", help="only redraw summary.md and the heat-map from "
                         "--output-dir's summary.json")
+    parser.add_argument("--guard-only", action="store_true", help="add the forgetting guard's rows to a finished run "
+                        "in --output-dir (loads its saved ProtoMAML learner)")
+    parser.add_argument("--guard-episodes", type=int, default=20,
+                        help="validation episodes per target on which the forgetting guard chooses")
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else os.sys.argv[1:]
     if args.quick:
-        args.episodes, args.val_episodes, args.train_episodes = 4, 2, 2
+        args.episodes, args.val_episodes, args.train_episodes, args.guard_episodes = 4, 2, 2, 2
         args.settings, args.lr_grid, args.steps = "clinc150:5x1", [1.0], [0, 1]
     torch.set_num_threads(args.threads)
     out = args.output_dir
     os.makedirs(out, exist_ok=True)
     started = time.time()
-    if args.report_only:  # redraw the tables and the heat-map from a finished run's summary.json
+    if args.report_only or args.guard_only:  # from a finished run's summary.json (and saved learner)
         saved = json.loads(open(os.path.join(out, "summary.json")).read())
-        print(report(argparse.Namespace(**{"argv": [], **saved["args"]}), saved["rows"], out, 0.0))
+        rows = [r for r in saved["rows"] if r["method"] != "protomaml+guard"]
+        old = argparse.Namespace(**{**saved["args"], "argv": saved["args"].get("argv", []),
+                                    "guard_episodes": args.guard_episodes})
+        if args.guard_only:
+            learner = metalearn.load(os.path.join(out, "train_protomaml", "learner"))
+            rows += guard_rows(old, learner, rows, out)
+        else:
+            rows = saved["rows"]
+        print(report(old, rows, out, 0.0))
         return
     learners = train(args, out)
     rows = evaluate_all(args, learners, out)
+    rows += guard_rows(args, learners["protomaml"], rows, out)
     print("\n" + report(args, rows, out, (time.time() - started) / 60))
 
 

@@ -17,7 +17,7 @@ def test_clinc_intents_quick(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     rows = [r for r in summary["rows"] if not r.get("paired")]
     methods = {r["method"] for r in rows}
-    assert {"protomaml", "protonet", "random_init", "prototypes", "linear_probe", "zero_shot"} <= methods
+    assert {"protomaml", "protonet", "random_init", "prototypes", "linear_probe", "zero_shot", "protomaml+guard"} <= methods
     assert all(0.0 <= r["mean"] <= 1.0 for r in rows)
     paired = [r for r in summary["rows"] if r.get("paired")]
     assert paired and all(r["reference"] == "prototypes" for r in paired)

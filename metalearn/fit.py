@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import algorithms, checkpoint, distributed, guards, outer
+from . import algorithms, checkpoint, distributed, divergence, outer
 from .build import build_learner, needs_second_order
 from .config import AdapterConfig, BaseConfig, InnerConfig, OuterConfig, RunConfig
 from .learner import Learner
@@ -142,7 +142,7 @@ def meta_step(learner: Learner, family, rng: np.random.Generator, optimizer, sch
     episodes = [learner.episode(task) for task in distributed.shard(tasks)]
     summed, results = algorithms.meta_gradient(learner, episodes, config.outer.method, config.inner.backend)
     summed = distributed.all_reduce_sum(summed)
-    problem = guards.first_nonfinite(episodes, results, summed)
+    problem = divergence.first_nonfinite(episodes, results, summed)
     record: dict = {"step": step + 1}
     if problem is not None:
         message = f"meta-step {step + 1}: {problem}"

@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import time
+from typing import Optional
 
 import torch
 
@@ -185,13 +186,14 @@ def transfer_matrix(rows: list[dict], steps: list[int], out: str) -> str:
     return "\n".join(lines)
 
 
-def report(args, rows: list[dict], out: str, minutes: float) -> str:
+def report(args, rows: list[dict], out: str, minutes: Optional[float]) -> str:
     """summary.md: the accuracy table and the transfer matrix, with the command that produced them."""
     command = "python examples/clinc_intents.py " + " ".join(args.argv)
     text = (f"# Few-shot intents, all-MiniLM-L6-v2 in {'fp32' if args.fp32 else 'NF4'}\n\n"
             f"Accuracy (%) on the query sets, mean ± 95% CI over {args.episodes} test episodes per setting "
             f"(5 queries per class), after {max(args.steps)} inner steps for adapting methods.\n"
-            f"Command: `{command.strip()}` ({minutes:.1f} min).\n\n{summary_table(rows, args.steps)}\n\n"
+            f"Command: `{command.strip()}`{f' ({minutes:.1f} min)' if minutes else ''}.\n\n"
+            f"{summary_table(rows, args.steps)}\n\n"
             f"Difference from the frozen foundation (cosine prototypes), paired over the same episodes:\n\n"
             f"{transfer_matrix(rows, args.steps, out)}\n")
     atomic_write(os.path.join(out, "summary.md"), text)
@@ -248,7 +250,7 @@ def main(argv=None) -> None:
             rows += guard_rows(old, learner, rows, out)
         else:
             rows = saved["rows"]
-        print(report(old, rows, out, 0.0))
+        print(report(old, rows, out, None))
         return
     learners = train(args, out)
     rows = evaluate_all(args, learners, out)

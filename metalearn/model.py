@@ -11,7 +11,7 @@ library only sees ``encode(examples) -> Batch`` and ``forward(batch)``:
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -59,7 +59,7 @@ class TaskModel(nn.Module):
             labels = lab["input_ids"].masked_fill(lab["attention_mask"] == 0, IGNORE)
             return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device),
                     "labels": labels.to(self.device)}
-        rows, masks, labels = [], [], []
+        rows, labels = [], []
         for prompt, completion in zip(prompts, completions):
             p = tok(prompt, add_special_tokens=False)["input_ids"]
             c = tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]

@@ -87,3 +87,16 @@ class IntentFamily:
         as_columns = lambda r: {"text": [t for t, _ in r], "label": torch.tensor([l for _, l in r])}  # noqa: E731,E741
         return Task(as_columns(support), as_columns(query), "classification",
                     label_names=tuple(self.words[c] for c in classes), task_id="intents-" + "-".join(map(str, classes)))
+
+
+def saved_bytes_during(fn) -> int:
+    """Total bytes autograd saves for backward while ``fn`` runs (a proxy for graph size)."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total[0]

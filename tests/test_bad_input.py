@@ -1,5 +1,4 @@
 """Bad input raises a clear error naming the problem and the fix, before training and before any file."""
-import numpy as np
 import pytest
 import torch
 
@@ -82,7 +81,6 @@ def test_bad_settings(tmp_path, key, value, match):
 
 
 def test_learned_head_with_wrong_number_of_classes():
-    from metalearn.build import build_learner
     from metalearn.fit import make_config
 
     with pytest.raises(ValueError, match="n_way"):

@@ -9,7 +9,7 @@ from metalearn import algorithms
 from metalearn.build import build_learner
 from metalearn.fit import make_config
 from metalearn.tasks import Task
-from tests.helpers import CopyFamily, mlp, small_llama, sinusoid_task
+from tests.helpers import CopyFamily, mlp, saved_bytes_during, small_llama, sinusoid_task
 
 LLAMA = dict(lora_r=4, target_modules=["q_proj", "v_proj"], init_lora_weights="gaussian", prompt_tokens=2,
              inner_steps=2, inner_lr=0.05)
@@ -143,24 +143,12 @@ def test_fallback_is_logged_once_and_on_raises(caplog):
         algorithms.meta_gradient(learner, uneven, "maml")
 
 
-def saved_bytes(fn):
-    total = [0]
-
-    def pack(t):
-        total[0] += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total[0]
-
-
 def test_batched_second_order_graph_is_at_most_meta_batch_times_the_loops():
     learner = build_learner(make_config(method="maml", **LLAMA), small_llama())
     rng = np.random.default_rng(3)
     episodes = [learner.episode(CopyFamily().sample("train", rng)) for _ in range(3)]
     learner.config.inner.task_batching = "off"
-    one_task = saved_bytes(lambda: algorithms.meta_gradient(learner, episodes[:1], "maml"))
+    one_task = saved_bytes_during(lambda: algorithms.meta_gradient(learner, episodes[:1], "maml"))
     learner.config.inner.task_batching = "on"
-    batched = saved_bytes(lambda: algorithms.meta_gradient(learner, episodes, "maml"))
+    batched = saved_bytes_during(lambda: algorithms.meta_gradient(learner, episodes, "maml"))
     assert batched <= len(episodes) * one_task

@@ -5,17 +5,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from metalearn.cli import main, parser
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def subcommands():

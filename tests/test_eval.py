@@ -22,14 +22,6 @@ from tests.helpers import CopyFamily, IntentFamily, SinusoidFamily, mlp, small_b
 harness = sys.modules["metalearn.eval.evaluate"]  # the module (the package's `evaluate` is the function)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: a second thread only spin-waits (and is very slow on a shared machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def regression_learner(model=None, **overrides):
     kwargs = dict(method="fomaml", inner_steps=1, inner_lr=0.01)

@@ -1,5 +1,4 @@
 """The forgetting guard picks on validation data, and transfer targets must be held out."""
-import numpy as np
 import pytest
 import torch
 

@@ -7,7 +7,7 @@ import metalearn
 from metalearn import algorithms
 from metalearn.build import build_learner
 from metalearn.fit import make_config
-from tests.helpers import CopyFamily, Quadratic, mlp, small_gpt2, small_llama, sinusoid_task
+from tests.helpers import CopyFamily, Quadratic, mlp, saved_bytes_during, small_gpt2, small_llama, sinusoid_task
 
 
 def meta_loss(learner, episode, init):
@@ -106,19 +106,6 @@ def test_second_order_through_nf4_equals_fp32_on_dequantized_weights():
     assert g_nf4.query_loss == pytest.approx(g_fp32.query_loss, rel=1e-5)
     for name in g_nf4.grads:
         torch.testing.assert_close(g_nf4.grads[name], g_fp32.grads[name], rtol=2e-4, atol=1e-6)
-
-
-def saved_bytes_during(fn):
-    """Total bytes autograd saves for backward while ``fn`` runs (a proxy for graph size)."""
-    total = [0]
-
-    def pack(t):
-        total[0] += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total[0]
 
 
 class FusedAttentionRegressor(torch.nn.Module):

@@ -147,10 +147,10 @@ def load_adapters(base: nn.Module, path: str) -> nn.Module:
     """Load what ``save_adapters`` wrote onto ``base`` with peft alone (no metalearn state needed)."""
     from peft import PeftModel
 
-    has_lora = os.path.exists(os.path.join(path, "adapter_config.json"))
+    has_root = os.path.exists(os.path.join(path, "adapter_config.json"))  # LoRA, or a lone soft prompt
     prompt_dir = os.path.join(path, PROMPT_SUBFOLDER)
-    model = PeftModel.from_pretrained(base, path) if has_lora else base
+    model = PeftModel.from_pretrained(base, path) if has_root else base
     if os.path.exists(os.path.join(prompt_dir, "adapter_config.json")):
-        inner = model.base_model.model if has_lora else base
+        inner = model.base_model.model if has_root else base
         model = PeftModel.from_pretrained(inner, prompt_dir)
     return model

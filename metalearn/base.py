@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .config import BaseConfig
+from .quant import keep_standard_layout
 
 log = logging.getLogger("metalearn")
 
@@ -95,6 +96,7 @@ def load_base(config: BaseConfig, model: Optional[nn.Module] = None, second_orde
             log.info("second order is on: attention set to 'eager' (SDPA's fused kernels have no double backward)")
     for p in base.parameters():
         p.requires_grad_(False)
+    keep_standard_layout(base)  # one 4-bit layout on every CPU: see metalearn.quant
     base.eval()
     return base, model_type
 

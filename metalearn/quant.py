@@ -14,6 +14,18 @@ torch.func transform and any order of differentiation handle natively, and the g
 references to that one copy. Past the budget (large models) a layer goes through ``Linear4bitFn``,
 a modern autograd.Function (``setup_context`` and a ``vmap`` rule) whose backward is itself a 4-bit
 matmul, so it has a double backward and, like QLoRA, saves no dequantized weight at all.
+
+One layout for 4-bit bytes. bitsandbytes (>= 0.48) on a CPU with AVX512-BF16 repacks a layer's
+bytes *in place* into a CPU-only layout (``quant_state.packing_format_for_cpu``: nibbles reordered,
+absmax transposed to bfloat16) the first time the layer runs in eval mode on an input that needs
+no gradient. Its own kernel reads that layout; ``dequantize_4bit`` does not, so every other path
+would silently compute with scrambled weights, and the packing itself crashes on layers with
+``in_features < 64``. metalearn therefore keeps the packing *off* for every layer it holds
+(``keep_standard_layout``, called by ``base.load_base`` on every base it loads or is given): one
+layout, so bitsandbytes' own forward, ``transformable_4bit`` and the saved checkpoint all compute
+with the same weights, on every CPU and on GPU. Bytes that arrive already packed are read back into
+the standard layout exactly (the weights the packed kernel computed with), and ``Frozen4bit``
+refuses to dequantize packed bytes instead of reading them wrong.
 """
 from __future__ import annotations
 
@@ -34,6 +46,46 @@ def is_linear4bit(module: nn.Module) -> bool:
     """A bitsandbytes 4-bit linear layer (not peft's LoRA wrapper around one, which shares the class name)."""
     bnb = sys.modules.get("bitsandbytes")  # never imported: no 4-bit layers can exist
     return bnb is not None and isinstance(module, bnb.nn.Linear4bit)
+
+
+def is_cpu_packed(module: nn.Module) -> bool:
+    """True when bitsandbytes has repacked this layer's bytes into its AVX512-BF16 CPU layout."""
+    return bool(getattr(module.weight.quant_state, "packing_format_for_cpu", False))
+
+
+def keep_standard_layout(model: nn.Module) -> int:
+    """Keep bitsandbytes from repacking ``model``'s 4-bit weights; return the number of 4-bit layers.
+
+    Switches off the per-layer AVX512-BF16 repacking (``support_avx512bf16_for_cpu``), and reads any
+    layer that is already packed back into the standard layout. Idempotent; a no-op without 4-bit layers.
+    """
+    layers = [m for m in model.modules() if is_linear4bit(m)]
+    for m in layers:
+        m.support_avx512bf16_for_cpu = False
+        if is_cpu_packed(m):
+            m.weight.data, m.weight.quant_state = _unpack_cpu_layout(m.weight.data, m.weight.quant_state)
+            m.quant_state = m.weight.quant_state
+    return len(layers)
+
+
+def _unpack_cpu_layout(packed: torch.Tensor, state):
+    """The standard layout of bytes packed by bitsandbytes for CPU, with exactly the weights they encode.
+
+    bitsandbytes' own inverse restores the nibbles but leaves a plain absmax transposed and re-quantizes
+    a nested one; here the absmax is the packed one (bfloat16, the value the packed kernel used),
+    untransposed and unnested, so ``dequantize_4bit`` gives the weights the packed kernel computed with.
+    """
+    import copy
+
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    packed_absmax = state.absmax  # (in_features // blocksize, out_features), bfloat16
+    state = copy.copy(state)
+    state.original_nested = False  # keep the inverse from re-quantizing absmax: set below
+    data, state = _convert_weight_packed_for_cpu_inverse(packed, state)
+    state.absmax = packed_absmax.t().reshape(-1).float().contiguous()
+    state.nested = False
+    return data, state
 
 
 class Frozen4bit:
@@ -59,6 +111,10 @@ class Frozen4bit:
         import bitsandbytes as bnb
 
         w = self.module.weight
+        if is_cpu_packed(self.module):
+            raise RuntimeError("a 4-bit layer's bytes were repacked by bitsandbytes into its AVX512-BF16 CPU layout, "
+                               "which dequantize_4bit cannot read: load the base through metalearn (or call "
+                               "metalearn.quant.keep_standard_layout(model) on it) before running it")
         with torch.no_grad():
             return bnb.functional.dequantize_4bit(w.data, w.quant_state).to(dtype)
 

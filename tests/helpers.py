@@ -89,6 +89,22 @@ class IntentFamily:
                     label_names=tuple(self.words[c] for c in classes), task_id="intents-" + "-".join(map(str, classes)))
 
 
+def dequantized_copy(quantized: nn.Module, model_fp32: nn.Module) -> nn.Module:
+    """Give an fp32 model the exact weights an NF4 model computes with (its dequantized Linear4bit layers)."""
+    import bitsandbytes as bnb
+
+    fp_modules = dict(model_fp32.named_modules())
+    count = 0
+    for name, module in quantized.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state).float()
+            with torch.no_grad():
+                fp_modules[name.removesuffix(".base_layer")].weight.copy_(weight)
+            count += 1
+    assert count > 0
+    return model_fp32
+
+
 def saved_bytes_during(fn) -> int:
     """Total bytes autograd saves for backward while ``fn`` runs (a proxy for graph size)."""
     total = [0]

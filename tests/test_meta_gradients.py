@@ -7,7 +7,8 @@ import metalearn
 from metalearn import algorithms
 from metalearn.build import build_learner
 from metalearn.fit import make_config
-from tests.helpers import CopyFamily, Quadratic, mlp, saved_bytes_during, small_gpt2, small_llama, sinusoid_task
+from tests.helpers import (CopyFamily, Quadratic, dequantized_copy, mlp, saved_bytes_during, small_gpt2, small_llama,
+                           sinusoid_task)
 
 
 def meta_loss(learner, episode, init):
@@ -71,22 +72,6 @@ def test_meta_gradient_equals_higher_on_mlp(order):
     for name in g_ours:
         torch.testing.assert_close(g_ours[name], g_theirs[name], rtol=1e-5, atol=1e-6)
     assert any(float(g.abs().sum()) > 0 for g in g_ours.values())
-
-
-def dequantized_copy(quantized, model_fp32):
-    """Give an fp32 model the exact weights an NF4 model computes with (dequantized Linear4bit)."""
-    import bitsandbytes as bnb
-
-    fp_modules = dict(model_fp32.named_modules())
-    count = 0
-    for name, module in quantized.named_modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state).float()
-            with torch.no_grad():
-                fp_modules[name.removesuffix(".base_layer")].weight.copy_(weight)
-            count += 1
-    assert count > 0
-    return model_fp32
 
 
 def test_second_order_through_nf4_equals_fp32_on_dequantized_weights():

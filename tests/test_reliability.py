@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import metalearn
+from metalearn import checkpoint
 from metalearn.tasks import Task
 from tests.helpers import SinusoidFamily, mlp
 
@@ -42,7 +43,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bit_for_bit(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    state = torch.load(os.path.join(killed, "checkpoint.pt"), weights_only=False)
+    state = checkpoint.load(killed)
     assert 0 < state["step"] < STEPS, "the run must be killed mid-way"
     assert not os.path.exists(os.path.join(killed, "learner"))
     run_script(killed, STEPS, killed)  # resume from the run folder
@@ -78,7 +79,7 @@ def test_nan_stops_with_task_and_step_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(FloatingPointError, match=r"meta-step 3: inner loss is nan at inner step 0 of task 'poisoned-task'"):
         metalearn.fit(PoisonedFamily(bad_call=6), model=mlp(), method="maml", inner_steps=1, meta_batch=2,
                       meta_steps=5, checkpoint_every=1, output_dir=out, progress=False)
-    state = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    state = checkpoint.load(out)
     assert state["step"] == 2
     assert all(torch.isfinite(t).all() for t in state["meta"].values())
 
@@ -121,7 +122,7 @@ def test_damaged_checkpoint_and_adapter_files_fail_clearly(tmp_path):
     from metalearn.fit import make_config
     from tests.helpers import small_llama
 
-    bad = tmp_path / "checkpoint.pt"
+    bad = tmp_path / "checkpoint.safetensors"
     bad.write_bytes(b"\x00garbage")
     with pytest.raises(ValueError, match="damaged"):
         metalearn.fit(SinusoidFamily(), model=mlp(), resume=str(bad), progress=False)

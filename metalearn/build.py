@@ -1,7 +1,6 @@
 """Assemble a Learner from a RunConfig (load base → attach adapters → TaskModel), and reload saved ones."""
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
@@ -9,10 +8,12 @@ import torch
 from torch import nn
 
 from . import adapters as adapters_mod
+from . import saved
 from .base import load_base, load_tokenizer
 from .config import RunConfig
-from .learner import CONFIG_FILE, STATE_FILE, Learner
+from .learner import Learner
 from .model import TaskModel
+from .saved import CONFIG_FILE, STATE_FILE
 
 SECOND_ORDER_METHODS = ("maml", "metasgd", "anil")
 
@@ -35,34 +36,22 @@ def build_learner(config: RunConfig, model: Optional[nn.Module] = None, tokenize
 def load(path: str, model: Optional[nn.Module] = None, tokenizer=None) -> Learner:
     """Restore a Learner written by ``Learner.save``.
 
-    The adapter tensors are read back through peft's own loader from the adapter folder(s), the
-    step sizes and head from the sidecar. Pass ``model`` when the base is not loadable by name
-    (e.g. a model built from a config; it must hold the same weights as at save time).
+    The folder is read whole and verified against the checksums in its sidecar first (see
+    ``metalearn.saved``); then the base is built, the adapter tensors go in through peft's own
+    state-dict loader, the step sizes and head from the sidecar. Pass ``model`` when the base is not
+    loadable by name (e.g. a model built from a config; it must hold the same weights as at save time).
     """
-    from safetensors.torch import load_file
-
-    meta_path = os.path.join(path, CONFIG_FILE)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"no saved learner at {path!r}: the folder does not exist")
-    if not os.path.exists(meta_path):
-        raise ValueError(f"{path!r} is not a saved metalearn learner: {CONFIG_FILE} is missing "
-                         "(save with Learner.save, or load a bare peft adapter with peft.PeftModel.from_pretrained)")
+    folder = saved.read(path)
     try:
-        with open(meta_path) as f:
-            meta = json.load(f)
-        config = RunConfig.from_dict(meta["config"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{meta_path} is corrupted ({err}); re-save the learner") from None
+        config = RunConfig.from_dict(folder.meta["config"])
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{os.path.join(path, CONFIG_FILE)} is corrupted ({err}); re-save the learner") from None
+    state = folder.tensors(STATE_FILE)
     learner = build_learner(config, model, tokenizer)
-    state_path = os.path.join(path, STATE_FILE)
-    if not os.path.exists(state_path):
-        raise ValueError(f"{path!r} is a partial save: {STATE_FILE} is missing; re-save the learner")
-    try:
-        state = load_file(state_path)
-    except Exception as err:  # safetensors raises its own error types for truncated files
-        raise ValueError(f"{state_path} is corrupted ({err}); re-save the learner") from None
     if learner.adapted.lora is not None or learner.adapted.prompt is not None:
-        _load_peft_values(learner, path)
+        _load_peft_values(learner, folder)
+    expected = {**{"lr:" + n: t for n, t in learner.step_sizes.items()}, **learner.init}
+    _check_shapes(folder, STATE_FILE, state, {n: t.shape for n, t in expected.items()})
     with torch.no_grad():
         for name, value in state.items():
             if name.startswith("lr:"):
@@ -74,30 +63,39 @@ def load(path: str, model: Optional[nn.Module] = None, tokenizer=None) -> Learne
     return learner
 
 
-def _load_peft_values(learner: Learner, path: str) -> None:
-    """Fill the learner's init from the peft adapter folder(s) via peft's loader."""
-    from peft import set_peft_model_state_dict
-    from peft.utils import load_peft_weights
+def _load_peft_values(learner: Learner, folder: saved.Folder) -> None:
+    """Fill the learner's init from the peft adapter folder(s) via peft's state-dict loader."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     adapted = learner.adapted
     parts = []
     if adapted.lora is not None:
-        parts.append((adapted.lora, path))
+        parts.append((adapted.lora, ""))
     if adapted.prompt is not None:
-        parts.append((adapted.prompt, os.path.join(path, adapters_mod.PROMPT_SUBFOLDER) if adapted.lora else path))
-    for peft_model, folder in parts:
-        if not os.path.exists(os.path.join(folder, "adapter_config.json")):
-            raise ValueError(f"{folder!r} lacks adapter_config.json: the saved learner is partial; re-save it")
-        try:
-            weights = load_peft_weights(folder, device="cpu")
-        except Exception as err:
-            raise ValueError(f"adapter weights in {folder!r} cannot be read ({err}); re-save the learner") from None
+        parts.append((adapted.prompt, adapters_mod.PROMPT_SUBFOLDER + "/" if adapted.lora else ""))
+    for peft_model, prefix in parts:
+        where = os.path.join(folder.path, prefix)
+        if not folder.has(prefix + saved.ADAPTER_CONFIG):
+            raise ValueError(f"{where!r} lacks adapter_config.json: the saved learner is partial; re-save it")
+        weights = folder.tensors(prefix + saved.ADAPTER_WEIGHTS)
+        expected = {k: v.shape for k, v in get_peft_model_state_dict(peft_model).items()}
+        _check_shapes(folder, prefix + saved.ADAPTER_WEIGHTS, weights, expected)
         result = set_peft_model_state_dict(peft_model, weights)
         missing = [k for k in getattr(result, "missing_keys", []) or [] if "lora_" in k and peft_model is adapted.lora]
         if missing:
-            raise ValueError(f"adapter weights in {folder!r} do not match the model: missing {missing[:3]}; "
+            raise ValueError(f"adapter weights in {where!r} do not match the model: missing {missing[:3]}; "
                              "was it saved from a different base or LoRA config?")
     current = adapters_mod.adaptable_params(adapted)
     with torch.no_grad():
         for name, value in current.items():
             learner.init[name].copy_(value)
+
+
+def _check_shapes(folder: saved.Folder, rel: str, tensors: dict, expected: dict) -> None:
+    """Every saved tensor the model also has must have the model's shape (else: which one, and the fix)."""
+    for name, value in tensors.items():
+        if name in expected and tuple(value.shape) != tuple(expected[name]):
+            raise ValueError(f"{os.path.join(folder.path, rel)!r}: tensor {name!r} has shape {tuple(value.shape)} but "
+                             f"the config in {CONFIG_FILE} gives {tuple(expected[name])}; the folder mixes files from "
+                             "different saves or configs (e.g. another lora_r or prompt_tokens). Re-save the learner, "
+                             "or load it with the base and settings it was saved with")

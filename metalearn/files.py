@@ -21,11 +21,12 @@ import json
 import os
 import shutil
 import socket
+import stat
 import time
 import uuid
 from typing import Iterator, Optional, Union
 
-__all__ = ["Locked", "atomic_write", "holder", "locked", "new_temp_dir", "replace_dir", "sha256"]
+__all__ = ["Locked", "atomic_write", "holder", "locked", "match_folder_mode", "new_temp_dir", "replace_dir", "sha256"]
 
 
 class Locked(RuntimeError):
@@ -80,6 +81,20 @@ def replace_dir(src: str, dst: str) -> None:
         os.rename(old, dst)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def match_folder_mode(folder: str) -> None:
+    """Give everything under ``folder`` the permissions its own ``mkdir`` got (the umask's), files without x.
+
+    Some writers (safetensors) create private 0600 files; a saved folder should be as readable as any
+    other file the user creates.
+    """
+    mode = stat.S_IMODE(os.stat(folder).st_mode)
+    for root, dirs, names in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), mode)
+        for name in names:
+            os.chmod(os.path.join(root, name), mode & 0o666)
 
 
 def sha256(data: bytes) -> str:

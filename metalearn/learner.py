@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
@@ -18,18 +17,18 @@ import torch
 from torch import nn
 
 from . import adapters as adapters_mod
+from . import files, saved
 from .config import RunConfig
 from .functional import logits, outputs, prototype_head, task_loss
 from .inner import build as build_optimizer
 from .inner import initial_step_sizes, unroll
 from .model import TaskModel
+from .saved import CONFIG_FILE, STATE_FILE
 from .tasks.task import Task
 from .types import Batch, Params
 
 log = logging.getLogger("metalearn")
 
-CONFIG_FILE = "metalearn.json"
-STATE_FILE = "metalearn_state.safetensors"
 
 
 @dataclass
@@ -115,9 +114,7 @@ class Learner:
         inner = self.config.inner
         params = self.start_params(episode, init)
         steps = inner.steps if steps is None else steps
-        trainable = None
-        if inner.trainable:
-            trainable = [n for n in params if any(s in n for s in inner.trainable)]
+        trainable = self.trainable_names(params)
         step_sizes = self.step_sizes
         if steps > inner.steps and inner.per_step:  # beyond the learned schedule: keep the last step size
             step_sizes = {n: torch.cat([t, t[-1:].expand(steps - inner.steps)]) for n, t in step_sizes.items()}
@@ -125,6 +122,26 @@ class Learner:
                               self.optimizer, steps, order or inner.order, inner.truncate, inner.checkpoint,
                               trainable, on_loss)
         return fast, [float(loss) for loss in losses]
+
+    def trainable_names(self, params: Params) -> Optional[list[str]]:
+        """The tensors the inner loop adapts (ANIL's ``inner.trainable`` substrings), None for all of them."""
+        patterns = self.config.inner.trainable
+        if not patterns:
+            return None
+        unmatched = [s for s in patterns if not any(s in n for n in params)]
+        if unmatched:
+            raise ValueError(f"inner.trainable entries {unmatched} match no adaptable tensor; the names are "
+                             f"{_name_sample(params)}: use substrings of them, e.g. 'head' (a classification head) "
+                             "or 'prompt_encoder' (the soft prompt), 'lora_B' (LoRA)")
+        return [n for n in params if any(s in n for s in patterns)]
+
+    def check(self, episode: Episode) -> None:
+        """Raise, before any training, on what only the model can tell: ANIL names that match nothing, or
+        outputs whose shape differs from the targets' (one forward; with autograd on, as in training)."""
+        with torch.enable_grad():
+            params = self.start_params(episode)
+            self.trainable_names(params)
+            self.loss(params, episode.query, episode.kind)
 
     # ---- public -----------------------------------------------------------------------------------
     def adapt(self, support: Union[Task, Mapping[str, Any]], steps: Optional[int] = None,
@@ -143,14 +160,14 @@ class Learner:
     def save(self, path: str) -> None:
         """Write the init as a peft adapter folder (LoRA at the root, soft prompt in prompt/) plus sidecar files.
 
-        Written to a temporary folder beside ``path`` and renamed into place, so a crash never leaves a
-        half-written adapter where a good one was.
+        Written to a temporary folder beside ``path`` and swapped into place under a lock, so a crash never
+        leaves a half-written adapter where a good one was, and concurrent loads see one whole save (see
+        ``metalearn.saved``). A symlink is followed: its target is updated.
         """
         from safetensors.torch import save_file
 
-        parent = os.path.dirname(os.path.abspath(path)) or "."
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".metalearn-save-", dir=parent)
+        path = saved.target(path)
+        tmp = files.new_temp_dir(path)
         try:
             adapters_mod.write_params(self.adapted, self.init)
             adapters_mod.save_adapters(self.adapted, tmp)
@@ -159,10 +176,10 @@ class Learner:
                           if n.startswith("head.") or self.adapted.lora is None and self.adapted.prompt is None})
             save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, os.path.join(tmp, STATE_FILE))
             meta = {"config": self.config.to_dict(), "model_type": self.model.model_type,
-                    "names": list(self.adapted.names), "format": 1}
-            with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+                    "names": list(self.adapted.names), "format": saved.FORMAT, "checksums": saved.checksums(tmp)}
+            with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
                 json.dump(meta, f, indent=2, default=str)
-            _replace_dir(tmp, path)
+            saved.publish(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -205,12 +222,6 @@ class AdaptedModel:
         return self.learner.adapted.module
 
 
-def _replace_dir(src: str, dst: str) -> None:
-    """Move folder ``src`` to ``dst``, replacing ``dst`` only after ``src`` is complete."""
-    if os.path.exists(dst):
-        old = dst.rstrip("/") + ".old-" + os.path.basename(src)
-        os.rename(dst, old)
-        os.rename(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(src, dst)
+def _name_sample(params: Params) -> str:
+    names = list(params)
+    return repr(names[:6])[:-1] + (f", ... ({len(names)} in all)]" if len(names) > 6 else "]")

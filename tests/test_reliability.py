@@ -132,7 +132,7 @@ def test_damaged_checkpoint_and_adapter_files_fail_clearly(tmp_path):
     learner.save(str(path))
     weights = path / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:50])  # truncated
-    with pytest.raises(ValueError, match="cannot be read"):
+    with pytest.raises(ValueError, match="does not match the SHA-256"):
         metalearn.load(str(path), model=small_llama())
     learner.save(str(path))
     os.remove(path / "prompt" / "adapter_config.json")  # partial

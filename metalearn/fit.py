@@ -17,11 +17,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import algorithms, checkpoint, distributed, divergence, outer
+from . import algorithms, checkpoint, distributed, divergence, outer, runlock
 from .build import build_learner, needs_second_order
 from .config import AdapterConfig, BaseConfig, InnerConfig, OuterConfig, RunConfig
 from .learner import Learner
-from .tasks.task import check_family
+from .tasks.task import Task, check_family
 
 log = logging.getLogger("metalearn")
 
@@ -75,8 +75,8 @@ def fit(family, model: Optional[nn.Module] = None, *, config: Union[RunConfig, d
         config: a ``RunConfig`` or dict; keyword ``overrides`` (e.g. ``inner_steps=3, meta_lr=1e-3,
             method="fomaml", lora_r=8, quantization="nf4"``) change single fields.
         output_dir: where to write ``log.jsonl``, ``training_curve.png``, checkpoints and the final learner.
-        resume: a checkpoint file (or the run folder holding ``checkpoint.pt``) to continue from; the run
-            goes on exactly as if it had not stopped (same config and seed required).
+        resume: a checkpoint file (or the run folder holding ``checkpoint.safetensors``) to continue from; the
+            run goes on exactly as if it had not stopped (same config and seed required).
 
     Example:
         >>> learner = metalearn.fit(metalearn.tasks.load("sinusoid"), model=mlp, meta_steps=1000)
@@ -84,11 +84,18 @@ def fit(family, model: Optional[nn.Module] = None, *, config: Union[RunConfig, d
     """
     config = make_config(config, **overrides)
     resumed = _check_inputs(family, model, config, output_dir, resume)
+    with runlock.hold(output_dir if distributed.rank() == 0 else None):  # one live run per output folder
+        return _fit(family, model, config, tokenizer, output_dir, resume, resumed, progress)
+
+
+def _fit(family, model: Optional[nn.Module], config: RunConfig, tokenizer, output_dir: Optional[str],
+         resume: Optional[str], resumed: Optional[dict], progress: bool) -> Learner:
     torch.manual_seed(config.outer.seed)
     rng = np.random.default_rng(config.outer.seed)
-    probe_task = family.sample("train", np.random.default_rng(config.outer.seed + 10_000))
+    probe_task = sample(family, "train", np.random.default_rng(config.outer.seed + 10_000))
     learner = build_learner(config, model, tokenizer)
     probe = learner.episode(probe_task)  # raises on a head/kind mismatch before training
+    learner.check(probe)  # ANIL names, output vs target shapes
     if needs_second_order(config):
         check_double_backward(learner, probe)
     meta = learner.meta_parameters()
@@ -118,6 +125,7 @@ def fit(family, model: Optional[nn.Module] = None, *, config: Union[RunConfig, d
         bar.set_postfix(query=f"{record['query_loss']:.4f}")
         if config.outer.checkpoint_every and (step + 1) % config.outer.checkpoint_every == 0:
             save_checkpoint(step + 1)
+    _check_not_all_skipped(learner.history)
     if output_dir is not None and main_process:
         if config.outer.checkpoint_every:
             save_checkpoint(config.outer.meta_steps)
@@ -138,7 +146,7 @@ def meta_step(learner: Learner, family, rng: np.random.Generator, optimizer, sch
     """One outer update: sample the meta-batch, take its meta-gradient, guard it, step; return the log record."""
     config = learner.config
     meta = learner.meta_parameters()
-    tasks = [family.sample("train", rng) for _ in range(config.outer.meta_batch)]  # same on every rank
+    tasks = [sample(family, "train", rng) for _ in range(config.outer.meta_batch)]  # same on every rank
     episodes = [learner.episode(task) for task in distributed.shard(tasks)]
     summed, results = algorithms.meta_gradient(learner, episodes, config.outer.method, config.inner.backend)
     summed = distributed.all_reduce_sum(summed)
@@ -161,6 +169,27 @@ def meta_step(learner: Learner, family, rng: np.random.Generator, optimizer, sch
     if first:
         record["support_loss_first"] = float(np.mean(first))
     return record
+
+
+def sample(family, split: str, rng: np.random.Generator) -> Task:
+    """``family.sample(split, rng)``, checked to be a ``Task``."""
+    task = family.sample(split, rng)
+    if not isinstance(task, Task):
+        raise TypeError(f"{type(family).__name__}.sample({split!r}, rng) returned a {type(task).__name__}, not a "
+                        "metalearn.tasks.Task; return Task(support, query, kind) (see metalearn.tasks.TaskFamily)")
+    return task
+
+
+def _check_not_all_skipped(history: list[dict]) -> None:
+    """``on_nonfinite='skip'`` must not quietly hand back the untrained init."""
+    skipped = [r for r in history if "skipped" in r]
+    if history and len(skipped) == len(history):
+        raise FloatingPointError(f"every one of the {len(history)} meta-steps was skipped for non-finite values "
+                                 f"(first: meta-step {skipped[0]['step']}: {skipped[0]['skipped']}), so the init is "
+                                 "untrained and no learner is saved; lower the learning rates, set inner clip_norm, "
+                                 "or check the family's data for NaN or inf")
+    if skipped:
+        log.warning("%d of %d meta-steps were skipped for non-finite values", len(skipped), len(history))
 
 
 def _check_inputs(family, model: Optional[nn.Module], config: RunConfig, output_dir: Optional[str],
@@ -198,7 +227,7 @@ def validate(learner: Learner, family, n_tasks: int, seed: int) -> float:
     rng = np.random.default_rng(seed)
     losses = []
     for _ in range(n_tasks):
-        episode = learner.episode(family.sample("val", rng))
+        episode = learner.episode(sample(family, "val", rng))
         with torch.enable_grad():
             fast, _ = learner.inner_adapt(episode, order="first")
         with torch.no_grad():

@@ -7,6 +7,7 @@ soft prompt in ``prompt/``.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -139,8 +140,30 @@ def save_adapters(adapted: Adapted, path: str) -> None:
     """Write the standard peft adapter folder(s) for the current parameter values."""
     if adapted.lora is not None:
         adapted.lora.save_pretrained(path)
+        _sort_set_fields(adapted.lora.peft_config["default"], path)
     if adapted.prompt is not None:
-        adapted.prompt.save_pretrained(os.path.join(path, PROMPT_SUBFOLDER) if adapted.lora is not None else path)
+        folder = os.path.join(path, PROMPT_SUBFOLDER) if adapted.lora is not None else path
+        adapted.prompt.save_pretrained(folder)
+        _sort_set_fields(adapted.prompt.peft_config["default"], folder)
+
+
+def _sort_set_fields(peft_config, folder: str) -> None:
+    """Rewrite adapter_config.json with set-valued fields (LoRA's ``target_modules``) sorted.
+
+    peft writes a set as ``list(set)``, whose order follows string hashing and so changes with
+    PYTHONHASHSEED: the same seed would otherwise give different bytes on every run.
+    """
+    fields = [k for k, v in vars(peft_config).items() if isinstance(v, (set, frozenset))]
+    if not fields:
+        return
+    path = os.path.join(folder, "adapter_config.json")
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    for key in fields:
+        if isinstance(data.get(key), list):
+            data[key] = sorted(data[key])
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True))  # peft's own layout
 
 
 def load_adapters(base: nn.Module, path: str) -> nn.Module:

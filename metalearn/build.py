@@ -93,7 +93,7 @@ def _load_peft_values(learner: Learner, folder: saved.Folder) -> None:
 
 def _check_shapes(folder: saved.Folder, rel: str, tensors: dict, expected: dict) -> None:
     """Every saved tensor the model also has must have the model's shape (else: which one, and the fix)."""
-    for name, value in tensors.items():
+    for name, value in sorted(tensors.items()):
         if name in expected and tuple(value.shape) != tuple(expected[name]):
             raise ValueError(f"{os.path.join(folder.path, rel)!r}: tensor {name!r} has shape {tuple(value.shape)} but "
                              f"the config in {CONFIG_FILE} gives {tuple(expected[name])}; the folder mixes files from "

@@ -13,6 +13,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import yaml
 
+from .files import Locked
+
 __all__ = ["build_model", "load_run_config", "main"]
 
 RUN_FILE = "run.json"  # written by `metalearn fit` beside the learner, so `eval` can rebuild the model
@@ -160,15 +162,14 @@ def _parse_learner(text: str) -> tuple[Optional[str], str]:
     return (name, path) if sep and name and not os.path.exists(text) else (None, text)
 
 
-def _load_learner(path: str, model_override: Optional[str]):
+def _load_learner(path: str, model_override: Any):
     """A Learner from a `metalearn fit` run folder (learner/ + run.json) or a saved learner folder."""
     import metalearn
 
     run_path = os.path.join(path, RUN_FILE)
     run = None
     if os.path.isfile(run_path):
-        with open(run_path, encoding="utf-8") as f:
-            run = json.load(f)
+        run = _read_run(run_path)
         path = os.path.join(path, "learner")
     spec = model_override or (run or {}).get("model")
     model = None
@@ -180,6 +181,37 @@ def _load_learner(path: str, model_override: Optional[str]):
     return metalearn.load(path, model=model), run
 
 
+def _read_run(run_path: str) -> dict:
+    """The run.json `metalearn fit` wrote, with an error naming the file and the fix if it is damaged."""
+    fix = ("rewrite it as the JSON mapping `metalearn fit` writes (keys family, model, fit, output_dir), or pass "
+           "the learner/ folder beside it with --model and --family")
+    try:
+        with open(run_path, encoding="utf-8") as f:
+            run = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{run_path} is not valid JSON ({str(err).splitlines()[0]}); {fix}") from None
+    if not isinstance(run, dict) or "model" not in run:
+        raise ValueError(f"{run_path} lacks the 'model' entry; {fix}")
+    return run
+
+
+def _model_option(text: Optional[str]) -> Any:
+    """``--model``: a name (``mlp``, ``tiny-llama``) or a YAML mapping such as ``{name: tiny-llama, layers: 2}``."""
+    if text is None:
+        return None
+    try:
+        spec = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(f"--model {text!r} is not valid YAML ({str(err).splitlines()[0]}); give a name such as "
+                         "tiny-llama or a mapping such as '{name: tiny-llama, hidden_size: 64}'") from None
+    if isinstance(spec, dict):
+        return spec
+    if text.lstrip().startswith(("{", "[")) or isinstance(spec, list):
+        raise ValueError(f"--model {text!r} must be a name or a YAML mapping with a name, e.g. "
+                         "'{name: tiny-llama, hidden_size: 64}'")
+    return text
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from . import tasks
     from .eval import evaluate
@@ -188,13 +220,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     baselines = [b.strip() for b in (args.baselines or "").split(",") if b.strip()]
     grid = None if args.lr_grid.strip().lower() == "none" else _floats(args.lr_grid, "--lr-grid")
     extra = dict(_key_value(kv) for kv in args.family_set)
+    model = _model_option(args.model)
     learners, runs = {}, []
     for item in args.learner:
         name, path = _parse_learner(item)
         if not os.path.isdir(path):
             raise ValueError(f"--learner {item!r}: {path!r} is not a folder; give a `metalearn fit` output folder "
                              "or a saved learner folder")
-        learner, run = _load_learner(path, args.model)
+        learner, run = _load_learner(path, model)
         runs.append(run)
         name = name or learner.config.outer.method
         base_name, i = name, 2
@@ -329,7 +362,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, Locked) as err:
         print(f"metalearn {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -43,7 +43,12 @@ def logits(model: TaskModel, params: Params, batch: Batch) -> torch.Tensor:
 def task_loss(model: TaskModel, params: Params, batch: Batch, kind: str) -> torch.Tensor:
     """MSE (regression), cross-entropy (classification) or completion-only NLL (generation)."""
     if kind == "regression":
-        return F.mse_loss(outputs(model, params, batch), batch["y"])
+        out = outputs(model, params, batch)
+        if out.shape != batch["y"].shape:
+            raise ValueError(f"regression targets y have shape {tuple(batch['y'].shape)} but the model outputs "
+                             f"{tuple(out.shape)}, so MSE would broadcast them against each other; give y the "
+                             f"shape of the outputs (e.g. y.reshape{tuple(out.shape)})")
+        return F.mse_loss(out, batch["y"])
     if kind == "classification":
         return F.cross_entropy(logits(model, params, batch), batch["label"])
     return outputs(model, params, batch)

@@ -90,7 +90,7 @@ def meta_gradient(learner: Learner, plan: Plan, method: str) -> tuple[Grads, lis
         return learner.start_params(Episode(support, support, kind, n_way), params)
 
     params = vmap(start, randomness="different")(init, plan.support)
-    trainable = [n for n in params if any(s in n for s in inner.trainable)] if inner.trainable else None
+    trainable = learner.trainable_names(params)
     reptile = method == "reptile"
     fast, support_losses = unroll_batched(lambda p: losses(p, plan.support), params, sizes, learner.optimizer,
                                           inner.steps, "first" if reptile else inner.order, inner.truncate,

@@ -72,6 +72,28 @@ class Task:
                 raise ValueError(
                     f"task {self.task_id!r}: {part} set is empty; sample at least one example for it"
                 )
+        if "label" in self.support:
+            self._check_labels()
+
+    def _check_labels(self) -> None:
+        """Labels are integers in ``0..n_way-1`` in both sets (the query may not invent classes)."""
+        where = "from label_names" if self.label_names else "counted from the support labels"
+        for part in ("support", "query"):
+            labels = getattr(self, part).get("label")
+            if labels is None:
+                continue
+            try:
+                labels = torch.as_tensor(labels)
+            except (TypeError, ValueError, RuntimeError):
+                labels = None
+            if labels is None or labels.is_floating_point() or labels.is_complex():
+                raise ValueError(f"task {self.task_id!r}: {part} labels must be integers 0..N-1; map class names "
+                                 "to episode label ids (and keep the names in label_names)")
+            bad = sorted({int(v) for v in labels.flatten().tolist() if not 0 <= v < self.n_way})
+            if bad:
+                raise ValueError(f"task {self.task_id!r}: {part} labels {bad[:5]} lie outside 0..{self.n_way - 1} "
+                                 f"(the task has {self.n_way} classes, {where}); remap each episode's labels to "
+                                 "0..N-1 and make sure every query class also occurs in the support set")
 
     @property
     def n_way(self) -> int:

@@ -35,7 +35,7 @@ example config (YAML or JSON):
     meta_batch: 8
     meta_lr: 0.001
     # config: {...}                # optional: a whole RunConfig dict the keys above override
-    # resume: runs/x/checkpoint.pt # optional: continue a checkpointed run
+    # resume: runs/x               # optional: continue a checkpointed run (its folder)
   output_dir: runs/sinusoid-maml   # log.jsonl, training_curve.png, learner/ and run.json go here
 """
 

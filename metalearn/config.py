@@ -168,7 +168,7 @@ class OuterConfig:
     seed: int = 0
     eval_every: int = 0  # validate on the val split every N meta-steps (0: never)
     eval_tasks: int = 8
-    checkpoint_every: int = 0  # write output_dir/checkpoint.pt every N meta-steps and at the end (0: off)
+    checkpoint_every: int = 0  # write output_dir/checkpoint.safetensors every N meta-steps and at the end (0: off)
     on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: "stop" the run or "skip" the meta-step
 
     def __post_init__(self) -> None:

@@ -205,7 +205,7 @@ def _check_inputs(family, model: Optional[nn.Module], config: RunConfig, output_
     if output_dir is not None and os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(f"output_dir={output_dir!r} is a file; give a folder path")
     if config.outer.checkpoint_every and output_dir is None:
-        raise ValueError("checkpoint_every > 0 needs output_dir: checkpoints are written to output_dir/checkpoint.pt")
+        raise ValueError("checkpoint_every > 0 needs output_dir: checkpoints are written to output_dir/checkpoint.safetensors")
     if config.inner.backend == "higher":
         if model is None:
             raise ValueError("backend='higher' needs model=<a plain nn.Module>; transformers models loaded by name "

@@ -21,7 +21,7 @@ from . import algorithms, checkpoint, distributed, divergence, outer, runlock
 from .build import build_learner, needs_second_order
 from .config import AdapterConfig, BaseConfig, InnerConfig, OuterConfig, RunConfig
 from .learner import Learner
-from .tasks.task import Task, check_family
+from .tasks.task import check_family, sample_task
 
 log = logging.getLogger("metalearn")
 
@@ -92,7 +92,7 @@ def _fit(family, model: Optional[nn.Module], config: RunConfig, tokenizer, outpu
          resume: Optional[str], resumed: Optional[dict], progress: bool) -> Learner:
     torch.manual_seed(config.outer.seed)
     rng = np.random.default_rng(config.outer.seed)
-    probe_task = sample(family, "train", np.random.default_rng(config.outer.seed + 10_000))
+    probe_task = sample_task(family, "train", np.random.default_rng(config.outer.seed + 10_000))
     learner = build_learner(config, model, tokenizer)
     probe = learner.episode(probe_task)  # raises on a head/kind mismatch before training
     learner.check(probe)  # ANIL names, output vs target shapes
@@ -146,7 +146,7 @@ def meta_step(learner: Learner, family, rng: np.random.Generator, optimizer, sch
     """One outer update: sample the meta-batch, take its meta-gradient, guard it, step; return the log record."""
     config = learner.config
     meta = learner.meta_parameters()
-    tasks = [sample(family, "train", rng) for _ in range(config.outer.meta_batch)]  # same on every rank
+    tasks = [sample_task(family, "train", rng) for _ in range(config.outer.meta_batch)]  # same on every rank
     episodes = [learner.episode(task) for task in distributed.shard(tasks)]
     summed, results = algorithms.meta_gradient(learner, episodes, config.outer.method, config.inner.backend)
     summed = distributed.all_reduce_sum(summed)
@@ -169,15 +169,6 @@ def meta_step(learner: Learner, family, rng: np.random.Generator, optimizer, sch
     if first:
         record["support_loss_first"] = float(np.mean(first))
     return record
-
-
-def sample(family, split: str, rng: np.random.Generator) -> Task:
-    """``family.sample(split, rng)``, checked to be a ``Task``."""
-    task = family.sample(split, rng)
-    if not isinstance(task, Task):
-        raise TypeError(f"{type(family).__name__}.sample({split!r}, rng) returned a {type(task).__name__}, not a "
-                        "metalearn.tasks.Task; return Task(support, query, kind) (see metalearn.tasks.TaskFamily)")
-    return task
 
 
 def _check_not_all_skipped(history: list[dict]) -> None:
@@ -227,7 +218,7 @@ def validate(learner: Learner, family, n_tasks: int, seed: int) -> float:
     rng = np.random.default_rng(seed)
     losses = []
     for _ in range(n_tasks):
-        episode = learner.episode(sample(family, "val", rng))
+        episode = learner.episode(sample_task(family, "val", rng))
         with torch.enable_grad():
             fast, _ = learner.inner_adapt(episode, order="first")
         with torch.no_grad():

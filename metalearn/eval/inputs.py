@@ -15,7 +15,7 @@ import numpy as np
 from ..config import METHODS
 from ..learner import Learner
 from ..tasks.splits import as_range
-from ..tasks.task import Task, check_family
+from ..tasks.task import Task, check_family, sample_task
 from . import baselines as bl
 
 __all__ = ["MODEL_TYPES_FOR_KIND", "FamilyOrFactory", "check_inputs", "family_for_shots", "sample_tasks",
@@ -72,7 +72,7 @@ def sample_tasks(family: Any, split: str, n: int, seed: int) -> list[Task]:
                                  f"family held-out {split} {lister} (its splits setting) before evaluating")
     rng = np.random.default_rng(seed)
     try:
-        tasks = [family.sample(split, rng) for _ in range(n)]
+        tasks = [sample_task(family, split, rng) for _ in range(n)]
     except (ValueError, IndexError, KeyError, ZeroDivisionError) as err:
         raise ValueError(f"{family!r} cannot sample its {split!r} split ({type(err).__name__}: {err}); the split is "
                          f"empty or too small: give the family held-out {split} tasks before evaluating") from err

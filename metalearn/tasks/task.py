@@ -124,3 +124,12 @@ def check_family(family: object) -> None:
     kind = getattr(family, "kind", None)
     if kind not in KINDS:
         raise ValueError(f"{type(family).__name__}.kind is {kind!r}; set it to one of {KINDS}")
+
+
+def sample_task(family: object, split: str, rng: np.random.Generator) -> Task:
+    """``family.sample(split, rng)``, checked to be a ``Task``."""
+    task = family.sample(split, rng)  # type: ignore[attr-defined]
+    if not isinstance(task, Task):
+        raise TypeError(f"{type(family).__name__}.sample({split!r}, rng) returned a {type(task).__name__}, not a "
+                        "metalearn.tasks.Task; return Task(support, query, kind) (see metalearn.tasks.TaskFamily)")
+    return task

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from typing import Optional
 
@@ -63,7 +64,11 @@ def checksums(folder: str) -> dict[str, str]:
 def publish(tmp: str, real: str) -> None:
     """Swap the complete folder ``tmp`` in at ``real`` (from ``target``), excluding concurrent loads."""
     files.match_folder_mode(tmp)
+    parent, name = os.path.split(real)
     with files.locked(_lock_path(real)):
+        for entry in os.listdir(parent):  # .old folders exist only under this lock: these are a crash's leftovers
+            if entry.startswith(f".{name}.old-"):
+                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
         files.replace_dir(tmp, real)
 
 

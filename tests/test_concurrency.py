@@ -161,3 +161,11 @@ def test_saving_over_a_folder_that_is_not_a_saved_learner_is_refused(tmp_path):
     with pytest.raises(ValueError, match="holds other files and no metalearn.json"):
         lora_mlp_learner().save(str(tmp_path))
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_a_save_sweeps_the_old_folder_a_crash_mid_swap_left_behind(tmp_path):
+    learner = lora_mlp_learner()
+    learner.save(str(tmp_path / "learner"))
+    (tmp_path / ".learner.old-999-deadbeef").mkdir()  # what a SIGKILL between the swap's two renames leaves
+    learner.save(str(tmp_path / "learner"))
+    assert os.listdir(tmp_path) == ["learner"]

@@ -12,6 +12,7 @@ import math
 import os
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
+from ..files import atomic_write
 from . import metrics
 
 if TYPE_CHECKING:
@@ -115,19 +116,6 @@ def pick_metric(results: "EvalResults", metric: Optional[str] = None) -> str:
     primary = results.settings["primary_metric"]
     return primary if primary in measured or not measured else next(m for m in metrics.HIGHER_IS_BETTER
                                                                      if m in measured)
-
-
-def atomic_write(path: str, data: Any) -> None:
-    """Write ``data`` (str or bytes) to ``path`` via a temporary file and ``os.replace``."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    mode = "wb" if isinstance(data, bytes) else "w"
-    try:
-        with open(tmp, mode, **({} if mode == "wb" else {"encoding": "utf-8", "newline": ""})) as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _clean(value: Any) -> Any:

@@ -1,6 +1,5 @@
 """Checkpoints never run code: a crafted pickle is refused and its payload does not execute."""
 import math
-import os
 import pickle
 
 import numpy as np
@@ -9,8 +8,8 @@ import torch
 
 import metalearn
 from metalearn import checkpoint
-from metalearn.outer import make_optimizer
 from metalearn.config import OuterConfig
+from metalearn.outer import make_optimizer
 from tests.helpers import SinusoidFamily, mlp
 
 

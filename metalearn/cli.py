@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import yaml
 
+from .config import METHODS
 from .files import Locked
 
 __all__ = ["build_model", "load_run_config", "main"]
@@ -28,7 +29,7 @@ example config (YAML or JSON):
   model: mlp                       # mlp | tiny-llama | a Hugging Face id or local model folder
                                    # or {name: tiny-llama, hidden_size: 64, layers: 2, seed: 0}
   fit:                             # keyword overrides of metalearn.fit (see metalearn.make_config)
-    method: maml                   # maml | fomaml | reptile | metasgd | anil | multitask
+    method: maml                   # {methods}
     inner_steps: 1
     inner_lr: 0.01
     meta_steps: 1000
@@ -37,7 +38,7 @@ example config (YAML or JSON):
     # config: {...}                # optional: a whole RunConfig dict the keys above override
     # resume: runs/x               # optional: continue a checkpointed run (its folder)
   output_dir: runs/sinusoid-maml   # log.jsonl, training_curve.png, learner/ and run.json go here
-"""
+""".replace("{methods}", " | ".join(METHODS))
 
 
 # ---------------------------------------------------------------- models and configs
@@ -305,7 +306,7 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate saved learners and baselines on held-out tasks",
                        description="Adapt every learner and baseline on the same held-out test episodes and score "
-                       "them: mean ± 95%% CI (1.96·std/√n), paired differences, JSON/CSV/markdown/PNG.")
+                       "them: mean ± 95% CI (1.96·std/√n), paired differences, JSON/CSV/markdown/PNG.")
     e.add_argument("--learner", action="append", default=[], metavar="[NAME=]DIR",
                    help="a `metalearn fit` output folder (model rebuilt from its run.json) or a saved learner "
                    "folder; repeat for several; NAME defaults to the learner's method")
@@ -340,12 +341,12 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="offline CPU demo: sinusoid MLP and a tiny NF4 Llama, vs baselines",
                        description="Meta-train Meta-SGD on sinusoids (MLP 1-40-40-1) and compare it with random "
                        "init and multi-task init at 0/1/5/10 steps; then meta-learn LoRA + a soft prompt on a tiny "
-                       "NF4 Llama on text_rules vs random-init PEFT. Prints a markdown table; writes JSON, CSV and "
-                       "PNG plots. About 3 minutes on 2 CPU cores (--quick: under a minute).")
+                       "NF4 Llama on text_rules vs random-init PEFT. Prints a markdown table with each part's run time; "
+                       "writes JSON, CSV and PNG plots. README gives a measured wall time.")
     d.add_argument("--output-dir", default=os.path.join("runs", "demo"), help="where results go "
                    "(default: %(default)s)")
-    d.add_argument("--quick", action="store_true", help="tiny budgets (a smoke test, under a minute); the numbers "
-                   "are not meaningful")
+    d.add_argument("--quick", action="store_true", help="tiny budgets (a smoke test); the numbers are not "
+                   "meaningful")
     d.add_argument("--skip-llama", action="store_true", help="run only the sinusoid part")
     d.add_argument("--seed", type=int, default=0, help="seed of training and evaluation (default: %(default)s)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -27,6 +27,20 @@ def test_help_explains_every_option(command, capsys):
             assert option in text
 
 
+def test_help_texts_print_as_written(capsys):
+    from metalearn.config import METHODS
+
+    texts = {}
+    for command in ("fit", "eval", "demo"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        texts[command] = capsys.readouterr().out
+    assert all("%%" not in text for text in texts.values())
+    assert "95% CI" in texts["eval"]
+    method_line = next(line for line in texts["fit"].splitlines() if line.strip().startswith("method:"))
+    assert all(method in method_line for method in METHODS), method_line
+
+
 def test_console_script_is_installed():
     script = os.path.join(os.path.dirname(sys.executable), "metalearn")
     result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)

@@ -7,7 +7,7 @@
 """
 import logging
 
-from . import tasks
+from . import quiet, tasks
 from .build import build_learner, load
 from .config import AdapterConfig, BaseConfig, InnerConfig, OuterConfig, RunConfig
 from .eval import evaluate
@@ -15,6 +15,7 @@ from .fit import fit, make_config
 from .learner import AdaptedModel, Learner
 
 logging.getLogger("metalearn").addHandler(logging.NullHandler())
+quiet.install_log_filters()
 
 __all__ = sorted(["AdaptedModel", "AdapterConfig", "BaseConfig", "InnerConfig", "Learner", "OuterConfig",
                   "RunConfig", "build_learner", "evaluate", "fit", "load", "make_config", "tasks"])

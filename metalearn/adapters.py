@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .config import AdapterConfig
+from .quiet import PEFT_WRAP, ignoring
 from .types import Params
 
 log = logging.getLogger("metalearn")
@@ -59,12 +60,16 @@ def check_target_modules(model: nn.Module, targets) -> None:
                              f"name linear layers instead: {leaves}")
 
 
-def attach(base: nn.Module, model_type: str, config: AdapterConfig, tokenizer=None) -> Adapted:
+def attach(base: nn.Module, model_type: str, config: AdapterConfig, tokenizer=None,
+           base_name: Optional[str] = None) -> Adapted:
     """Wrap ``base`` with peft LoRA and/or a soft prompt as ``config`` asks.
 
-    A plain ``nn.Module`` without ``target_modules`` is meta-learned whole (classic MAML).
+    A plain ``nn.Module`` without ``target_modules`` is meta-learned whole (classic MAML). ``base_name``
+    (a Hub id or folder; None for a model built from a config, recorded as "" as transformers does) is what
+    the saved adapter configs record as ``base_model_name_or_path``; ``base``'s own ``name_or_path`` may be a
+    temporary folder (the NF4 reload of an in-memory model), which peft would record otherwise.
     """
-    from peft import LoraConfig, PromptTuningConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model
 
     if model_type == "module" and (not config.lora or config.target_modules is None):
         for p in base.parameters():
@@ -83,16 +88,17 @@ def attach(base: nn.Module, model_type: str, config: AdapterConfig, tokenizer=No
                               init_lora_weights=config.init_lora_weights,
                               task_type=PEFT_TASK_TYPES.get(model_type))
         try:
-            lora = get_peft_model(base, lora_cfg)
+            with ignoring(PEFT_WRAP):
+                lora = get_peft_model(base, lora_cfg)
         except ValueError as err:
             raise ValueError(f"peft could not add LoRA to {type(base).__name__}: {err}. Set "
                              "adapter.target_modules to names of its linear layers") from None
+        lora.peft_config["default"].base_model_name_or_path = base_name or ""
         trainable += [p for p in lora.parameters() if p.requires_grad]
         module = lora
     if config.prompt_tokens:
         inner = lora.base_model.model if lora is not None else base
-        prompt = get_peft_model(inner, PromptTuningConfig(task_type=PEFT_TASK_TYPES[model_type],
-                                                          num_virtual_tokens=config.prompt_tokens))
+        prompt = prompt_tuning(inner, model_type, config.prompt_tokens, base_name)
         if config.prompt_init_text:
             init_prompt_from_text(prompt, config.prompt_init_text, tokenizer)
         trainable += [p for p in prompt.parameters() if p.requires_grad]
@@ -105,6 +111,22 @@ def attach(base: nn.Module, model_type: str, config: AdapterConfig, tokenizer=No
             p.data = p.data.double()
     names = tuple(n for n, p in module.named_parameters() if id(p) in ids)
     return Adapted(module, lora, prompt, names)
+
+
+def prompt_tuning(model: nn.Module, model_type: str, tokens: int, base_name: Optional[str] = None) -> nn.Module:
+    """A prompt-tuning PeftModel over ``model``, which may already hold LoRA layers.
+
+    Built with peft's PeftModel class for the task type, as ``PeftModel.from_pretrained`` does, not with
+    ``get_peft_model``: that one warns "You are trying to modify a model with PEFT for a second time"
+    whenever the model holds tuner layers, a guard against re-wrapping by mistake; here the LoRA layers
+    are meant to stay under the soft prompt.
+    """
+    from peft import MODEL_TYPE_TO_PEFT_MODEL_MAPPING, PromptTuningConfig
+
+    config = PromptTuningConfig(task_type=PEFT_TASK_TYPES[model_type], num_virtual_tokens=tokens,
+                                base_model_name_or_path=base_name or "")
+    with ignoring(PEFT_WRAP):
+        return MODEL_TYPE_TO_PEFT_MODEL_MAPPING[config.task_type](model, config)
 
 
 def init_prompt_from_text(prompt_model: nn.Module, text: str, tokenizer) -> None:
@@ -137,13 +159,17 @@ def write_params(adapted: Adapted, params: Params) -> None:
 
 
 def save_adapters(adapted: Adapted, path: str) -> None:
-    """Write the standard peft adapter folder(s) for the current parameter values."""
+    """Write the standard peft adapter folder(s) for the current parameter values.
+
+    ``save_embedding_layers=False``: the base is frozen and its vocabulary never resized, so there are no
+    embedding weights to save; peft's "auto" would otherwise look the base model up (on the Hub) at every save.
+    """
     if adapted.lora is not None:
-        adapted.lora.save_pretrained(path)
+        adapted.lora.save_pretrained(path, save_embedding_layers=False)
         _sort_set_fields(adapted.lora.peft_config["default"], path)
     if adapted.prompt is not None:
         folder = os.path.join(path, PROMPT_SUBFOLDER) if adapted.lora is not None else path
-        adapted.prompt.save_pretrained(folder)
+        adapted.prompt.save_pretrained(folder, save_embedding_layers=False)
         _sort_set_fields(adapted.prompt.peft_config["default"], folder)
 
 
@@ -172,8 +198,9 @@ def load_adapters(base: nn.Module, path: str) -> nn.Module:
 
     has_root = os.path.exists(os.path.join(path, "adapter_config.json"))  # LoRA, or a lone soft prompt
     prompt_dir = os.path.join(path, PROMPT_SUBFOLDER)
-    model = PeftModel.from_pretrained(base, path) if has_root else base
-    if os.path.exists(os.path.join(prompt_dir, "adapter_config.json")):
-        inner = model.base_model.model if has_root else base
-        model = PeftModel.from_pretrained(inner, prompt_dir)
+    with ignoring(PEFT_WRAP):
+        model = PeftModel.from_pretrained(base, path) if has_root else base
+        if os.path.exists(os.path.join(prompt_dir, "adapter_config.json")):
+            inner = model.base_model.model if has_root else base
+            model = PeftModel.from_pretrained(inner, prompt_dir)
     return model

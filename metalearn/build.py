@@ -13,6 +13,7 @@ from .base import load_base, load_tokenizer
 from .config import RunConfig
 from .learner import Learner
 from .model import TaskModel
+from .progress import library_bars_only_when_live
 from .saved import CONFIG_FILE, STATE_FILE
 
 SECOND_ORDER_METHODS = ("maml", "metasgd", "anil")
@@ -24,10 +25,12 @@ def needs_second_order(config: RunConfig) -> bool:
 
 def build_learner(config: RunConfig, model: Optional[nn.Module] = None, tokenizer=None) -> Learner:
     """Load the frozen base once, attach the adapters the config names, and wrap it all in a Learner."""
-    base, model_type = load_base(config.base, model, second_order=needs_second_order(config))
-    if tokenizer is None and model_type != "module":
-        tokenizer = load_tokenizer(config.base.name_or_path)
-    adapted = adapters_mod.attach(base, model_type, config.adapter, tokenizer)
+    with library_bars_only_when_live():
+        base, model_type = load_base(config.base, model, second_order=needs_second_order(config))
+        if tokenizer is None and model_type != "module":
+            tokenizer = load_tokenizer(config.base.name_or_path)
+    base_name = config.base.name_or_path or getattr(model, "name_or_path", None) or None
+    adapted = adapters_mod.attach(base, model_type, config.adapter, tokenizer, base_name)
     task_model = TaskModel(adapted.module, model_type, tokenizer, adapted.n_virtual_tokens, config.base.max_length,
                            config.adapter.head_metric, config.adapter.head_temperature)
     return Learner(task_model, adapted, config)

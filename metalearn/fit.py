@@ -15,12 +15,12 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import algorithms, checkpoint, distributed, divergence, outer, runlock
 from .build import build_learner, needs_second_order
 from .config import AdapterConfig, BaseConfig, InnerConfig, OuterConfig, RunConfig
 from .learner import Learner
+from .progress import bar as progress_bar
 from .tasks.task import check_family, sample_task
 
 log = logging.getLogger("metalearn")
@@ -114,15 +114,15 @@ def _fit(family, model: Optional[nn.Module], config: RunConfig, tokenizer, outpu
             checkpoint.save(ckpt_path, step=step, meta=meta, optimizer=optimizer, scheduler=scheduler, rng=rng,
                             history=learner.history, config=_resumable(config))
 
-    bar = tqdm(range(start, config.outer.meta_steps), desc=f"meta-train ({config.outer.method})",
-               initial=start, total=config.outer.meta_steps, disable=not progress or not main_process)
+    bar = progress_bar(range(start, config.outer.meta_steps), desc=f"meta-train ({config.outer.method})",
+                       initial=start, total=config.outer.meta_steps, disable=not progress or not main_process)
     for step in bar:
         record = meta_step(learner, family, rng, optimizer, scheduler, step, ckpt_path)
         if config.outer.eval_every and (step + 1) % config.outer.eval_every == 0:
             record["val_query_loss"] = validate(learner, family, config.outer.eval_tasks, config.outer.seed + 1)
         learner.history.append(record)
         writer.write(record)
-        bar.set_postfix(query=f"{record['query_loss']:.4f}")
+        bar.set_postfix(query=f"{record['query_loss']:.4f}", refresh=False)  # drawn at tqdm's own pace
         if config.outer.checkpoint_every and (step + 1) % config.outer.checkpoint_every == 0:
             save_checkpoint(step + 1)
     _check_not_all_skipped(learner.history)

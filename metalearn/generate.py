@@ -10,6 +10,7 @@ import torch
 
 from .adapters import Adapted, write_params
 from .model import TaskModel
+from .quiet import PEFT_POSITION_IDS, ignoring
 from .types import Params
 
 
@@ -21,7 +22,7 @@ def greedy(model: TaskModel, adapted: Adapted, params: Params, prompts: list[str
     write_params(adapted, params)
     if model.model_type == "seq2seq":
         enc = tok(prompts, padding=True, truncation=True, max_length=model.max_length, return_tensors="pt")
-        with torch.no_grad():
+        with torch.no_grad(), ignoring(PEFT_POSITION_IDS):
             out = module.generate(input_ids=enc["input_ids"].to(model.device),
                                   attention_mask=enc["attention_mask"].to(model.device),
                                   max_new_tokens=max_new_tokens, do_sample=False)
@@ -38,7 +39,7 @@ def greedy(model: TaskModel, adapted: Adapted, params: Params, prompts: list[str
     for i, r in enumerate(rows):  # left padding, so every row continues at the last position
         input_ids[i, width - len(r):] = torch.tensor(r)
         attention[i, width - len(r):] = 1
-    with torch.no_grad():
+    with torch.no_grad(), ignoring(PEFT_POSITION_IDS):  # a soft prompt: peft drops generate's position ids
         out = module.generate(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device),
                               max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
                               eos_token_id=tok.eos_token_id)

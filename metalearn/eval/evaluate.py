@@ -27,10 +27,10 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..adapters import adaptable_params, write_params
 from ..learner import Episode, Learner
+from ..progress import bar as progress_bar
 from ..quant import transformable_4bit
 from ..tasks.task import Task
 from ..types import Params
@@ -149,7 +149,7 @@ def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: Famil
     records: list[dict] = []
     tuning: list[dict] = []
     total = len(shots_list) * n_test * (len(adapting) * len(steps) + len(frozen_names))
-    bar = tqdm(total=total, desc="evaluate", disable=not progress)
+    bar = progress_bar(total=total, desc="evaluate", disable=not progress)
     modules = [lr.adapted.module for lr in list(adapting.values()) + [base]]
     with _evaluation_mode(modules, [lr.adapted for lr in list(adapting.values()) + [base]]):
         for k in shots_list:
@@ -159,13 +159,13 @@ def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: Famil
                 for s in steps:
                     scale = 1.0
                     if tune and s > 0:
-                        bar.set_description(f"tune lr {name} K={labels[k]} steps={s}")
+                        bar.set_description(f"tune lr {name} K={labels[k]} steps={s}", refresh=False)
                         scale, losses = _tune(learner, val_eps, s, lr_grid)
                         tuning.append({"method": name, "shots": labels[k], "steps": s, "scale": scale,
                                        "lr": scale * learner.config.inner.lr,
                                        "learned_step_sizes": bool(learner.config.inner.learn_step_sizes),
                                        "val_loss": {str(g): v for g, v in losses.items()}})
-                    bar.set_description(f"{name} K={labels[k]} steps={s}")
+                    bar.set_description(f"{name} K={labels[k]} steps={s}", refresh=False)
                     for i, (task, (support_ep, _)) in enumerate(zip(tests[k], test_eps)):
                         fast, _ = adapt(learner, support_ep, s, scale)
                         budget = max_new_tokens or _budget(learner, task)
@@ -174,7 +174,7 @@ def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: Famil
                         records.append(_record(name, labels[k], s, i, task, scores))
                         bar.update(1)
             for name in frozen_names:
-                bar.set_description(f"{name} K={labels[k]}")
+                bar.set_description(f"{name} K={labels[k]}", refresh=False)
                 for i, task in enumerate(tests[k]):
                     budget = max_new_tokens or _budget(base, task)
                     scores = bl.frozen_scores(name, base, task, generate=generate, max_new_tokens=budget)

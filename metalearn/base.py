@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from . import hub
 from .config import BaseConfig
 from .quant import keep_standard_layout
 
@@ -109,7 +110,7 @@ def _load_hf_config(name_or_path: str):
         raise ValueError(f"model path {name_or_path!r} does not exist: give an existing folder written by "
                          "save_pretrained, or a Hugging Face model id")
     if not os.path.exists(name_or_path):
-        _check_hub(name_or_path)
+        hub.check_reachable(name_or_path)
     try:
         return AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
@@ -119,36 +120,6 @@ def _load_hf_config(name_or_path: str):
         raise ValueError(f"cannot load model {name_or_path!r}: it is neither a local model folder nor a reachable "
                          f"Hugging Face model id{offline} ({type(err).__name__}: {str(err).splitlines()[0]}). Check "
                          "the name, or download it and pass the folder") from None
-
-
-def _check_hub(name: str) -> None:
-    """Fail in seconds when ``name`` needs the Hub and the Hub cannot be reached.
-
-    huggingface_hub retries an unreachable Hub for about half a minute per file, printing each retry. One
-    request without retries (under ``HF_HUB_ETAG_TIMEOUT``) tells first; unreachable, this raises one error
-    that says whether the model is in the local cache (then ``HF_HUB_OFFLINE=1`` loads it from there).
-    """
-    from huggingface_hub import constants
-    from huggingface_hub.utils import get_session
-    from transformers import AutoConfig
-
-    if constants.HF_HUB_OFFLINE:
-        return  # transformers reads the local cache only, without network
-    try:
-        get_session().head(constants.ENDPOINT, timeout=constants.HF_HUB_ETAG_TIMEOUT)
-        return
-    except Exception as err:  # no response at all (DNS, refused, timeout, TLS): the Hub is unreachable
-        problem = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no response'}"
-    try:
-        AutoConfig.from_pretrained(name, local_files_only=True)
-        cached = True
-    except (OSError, ValueError):
-        cached = False
-    fix = ("it is in the local Hugging Face cache: set HF_HUB_OFFLINE=1 to load it from there" if cached else
-           f"download it where there is network (`hf download {name} --local-dir DIR`) and pass DIR, or copy a "
-           "Hugging Face cache that holds it here and set HF_HUB_OFFLINE=1")
-    raise ValueError(f"cannot load model {name!r}: the Hugging Face Hub ({constants.ENDPOINT}) is unreachable "
-                     f"({problem}); {fix}")
 
 
 def _from_pretrained(path: str, model_type: str, config: BaseConfig, attn: Optional[str]) -> nn.Module:
@@ -176,7 +147,7 @@ def load_tokenizer(name_or_path: Optional[str]):
         from transformers import AutoTokenizer
 
         if not os.path.exists(name_or_path):
-            _check_hub(name_or_path)
+            hub.check_reachable(name_or_path)
         try:
             tok = AutoTokenizer.from_pretrained(name_or_path)
         except (OSError, ValueError):

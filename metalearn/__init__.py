@@ -4,19 +4,71 @@
     adapted = learner.adapt(task.support, steps=5)
     results = metalearn.evaluate({"maml": learner}, task_family, baselines=["random_init"])
     learner.save("init/");  learner = metalearn.load("init/")
+
+``import metalearn`` is light: torch, transformers and peft load on first use of a name that needs them
+(PEP 562 module ``__getattr__``), so ``metalearn --help`` and config validation start at once.
 """
-import logging
+from __future__ import annotations
 
-from . import quiet, tasks
-from .build import build_learner, load
+import logging as _logging
+import sys as _sys
+from importlib import import_module as _import_module
+from importlib.util import find_spec as _find_spec
+from types import ModuleType as _ModuleType
+from typing import TYPE_CHECKING, Any
+
+from . import quiet
 from .config import AdapterConfig, BaseConfig, InnerConfig, OuterConfig, RunConfig
-from .eval import evaluate
-from .fit import fit, make_config
-from .learner import AdaptedModel, Learner
 
-logging.getLogger("metalearn").addHandler(logging.NullHandler())
+if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and IDEs
+    from . import tasks
+    from .build import build_learner, load
+    from .eval import evaluate
+    from .fit import fit, make_config
+    from .learner import AdaptedModel, Learner
+
+_logging.getLogger("metalearn").addHandler(_logging.NullHandler())
 quiet.install_log_filters()
+
+_LAZY = {"AdaptedModel": ".learner", "Learner": ".learner", "build_learner": ".build", "load": ".build",
+         "evaluate": ".eval", "make_config": ".fit"}
 
 __all__ = sorted(["AdaptedModel", "AdapterConfig", "BaseConfig", "InnerConfig", "Learner", "OuterConfig",
                   "RunConfig", "build_learner", "evaluate", "fit", "load", "make_config", "tasks"])
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module, or a submodule (``metalearn.tasks``, ``metalearn.eval``), on first use."""
+    if name in _LAZY:
+        value = getattr(_import_module(_LAZY[name], __name__), name)
+    elif not name.startswith("_") and _find_spec(f"{__name__}.{name}") is not None:
+        value = _import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))  # private helpers (_sys, ...) are underscored
+
+
+class _Package(_ModuleType):
+    """``metalearn.fit`` stays the function once the submodule ``metalearn.fit`` is imported.
+
+    Importing a submodule binds it as an attribute of its package, which would hide the function of the
+    same name (the eager ``from .fit import fit`` of old rebound it afterwards). A property wins over that.
+    """
+
+    @property
+    def fit(self):
+        return self.__dict__.get("_fit") or _import_module(".fit", __name__).fit
+
+    @fit.setter
+    def fit(self, value) -> None:
+        if not (isinstance(value, _ModuleType) and value.__name__ == f"{__name__}.fit"):
+            self.__dict__["_fit"] = value  # e.g. a test's monkeypatch; the submodule binding is ignored
+
+
+_sys.modules[__name__].__class__ = _Package

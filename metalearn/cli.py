@@ -35,6 +35,7 @@ example config (YAML or JSON):
     meta_steps: 1000
     meta_batch: 8
     meta_lr: 0.001
+    # report_to: [tensorboard]     # optional: log every meta-step to tensorboard | wandb | mlflow
     # config: {...}                # optional: a whole RunConfig dict the keys above override
     # resume: runs/x               # optional: continue a checkpointed run (its folder)
   output_dir: runs/sinusoid-maml   # log.jsonl, training_curve.png, learner/ and run.json go here

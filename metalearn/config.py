@@ -16,6 +16,7 @@ QUANTIZATIONS = (None, "nf4", "int8")
 MODEL_TYPES = ("auto", "causal", "encoder", "seq2seq")
 HEADS = (None, "prototype", "learned")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
+REPORT_TO = ("tensorboard", "wandb", "mlflow")
 
 
 def _check(ok: bool, field_name: str, value: Any, fix: str) -> None:
@@ -170,6 +171,7 @@ class OuterConfig:
     eval_tasks: int = 8
     checkpoint_every: int = 0  # write output_dir/checkpoint.safetensors every N meta-steps and at the end (0: off)
     on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: "stop" the run or "skip" the meta-step
+    report_to: Optional[Sequence[str]] = None  # experiment trackers: any of REPORT_TO (see metalearn.tracking)
 
     def __post_init__(self) -> None:
         _check(self.method in METHODS, "method", self.method, f"use one of {METHODS}")
@@ -195,6 +197,12 @@ class OuterConfig:
                "use a positive number of validation tasks")
         _check(self.on_nonfinite in ("stop", "skip"), "on_nonfinite", self.on_nonfinite, "use 'stop' or 'skip'")
         _check(_is_int(self.seed), "seed", self.seed, "use an integer seed")
+        report_to = [] if self.report_to in (None, "none") else _names(
+            self.report_to, "report_to", f"name experiment trackers among {REPORT_TO}, or None")
+        unknown = [name for name in report_to if name not in REPORT_TO]
+        _check(not unknown and len(set(report_to)) == len(report_to), "report_to", self.report_to,
+               f"name each experiment tracker once, among {REPORT_TO} (or None for none)")
+        self.report_to = report_to
 
 
 @dataclass

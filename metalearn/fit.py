@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import algorithms, checkpoint, distributed, divergence, outer, runlock
+from . import algorithms, checkpoint, distributed, divergence, outer, runlock, tracking
 from .build import build_learner, needs_second_order
 from .config import AdapterConfig, BaseConfig, InnerConfig, OuterConfig, RunConfig
 from .learner import Learner
@@ -77,6 +77,8 @@ def fit(family, model: Optional[nn.Module] = None, *, config: Union[RunConfig, d
         output_dir: where to write ``log.jsonl``, ``training_curve.png``, checkpoints and the final learner.
         resume: a checkpoint file (or the run folder holding ``checkpoint.safetensors``) to continue from; the
             run goes on exactly as if it had not stopped (same config and seed required).
+        report_to (keyword, a config field): ``["tensorboard"]``, ``"wandb"``, ``"mlflow"``: log every meta-step's
+            losses, gradient norm, learning rate and validation loss there (``metalearn.tracking``).
 
     Example:
         >>> learner = metalearn.fit(metalearn.tasks.load("sinusoid"), model=mlp, meta_steps=1000)
@@ -114,30 +116,37 @@ def _fit(family, model: Optional[nn.Module], config: RunConfig, tokenizer, outpu
             checkpoint.save(ckpt_path, step=step, meta=meta, optimizer=optimizer, scheduler=scheduler, rng=rng,
                             history=learner.history, config=_resumable(config))
 
+    tracker = tracking.start(config.outer.report_to if main_process else [], output_dir, config, start)
     bar = progress_bar(range(start, config.outer.meta_steps), desc=f"meta-train ({config.outer.method})",
                        initial=start, total=config.outer.meta_steps, disable=not progress or not main_process)
-    for step in bar:
-        record = meta_step(learner, family, rng, optimizer, scheduler, step, ckpt_path)
-        if config.outer.eval_every and (step + 1) % config.outer.eval_every == 0:
-            record["val_query_loss"] = validate(learner, family, config.outer.eval_tasks, config.outer.seed + 1)
-        learner.history.append(record)
-        writer.write(record)
-        bar.set_postfix(query=f"{record['query_loss']:.4f}", refresh=False)  # drawn at tqdm's own pace
-        if config.outer.checkpoint_every and (step + 1) % config.outer.checkpoint_every == 0:
-            save_checkpoint(step + 1)
-    _check_not_all_skipped(learner.history)
-    if output_dir is not None and main_process:
-        if config.outer.checkpoint_every:
-            save_checkpoint(config.outer.meta_steps)
-        learner.save(os.path.join(output_dir, "learner"))
-        writer.plot()
+    try:
+        for step in bar:
+            record = meta_step(learner, family, rng, optimizer, scheduler, step, ckpt_path)
+            if config.outer.eval_every and (step + 1) % config.outer.eval_every == 0:
+                record["val_query_loss"] = validate(learner, family, config.outer.eval_tasks, config.outer.seed + 1)
+            learner.history.append(record)
+            writer.write(record)
+            tracker.log(record)
+            bar.set_postfix(query=f"{record['query_loss']:.4f}", refresh=False)  # drawn at tqdm's own pace
+            if config.outer.checkpoint_every and (step + 1) % config.outer.checkpoint_every == 0:
+                save_checkpoint(step + 1)
+        _check_not_all_skipped(learner.history)
+        if output_dir is not None and main_process:
+            if config.outer.checkpoint_every:
+                save_checkpoint(config.outer.meta_steps)
+            learner.save(os.path.join(output_dir, "learner"))
+            writer.plot()
+    except BaseException:
+        tracker.close(failed=True)
+        raise
+    tracker.close()
     return learner
 
 
 def _resumable(config: RunConfig) -> dict:
-    """The settings a checkpoint must agree on to resume (all but the run length)."""
+    """The settings a checkpoint must agree on to resume (all but the run length and the trackers)."""
     data = config.to_dict()
-    data["outer"] = {k: v for k, v in data["outer"].items() if k != "meta_steps"}
+    data["outer"] = {k: v for k, v in data["outer"].items() if k not in ("meta_steps", "report_to")}
     return json.loads(json.dumps(data, default=str))
 
 
@@ -195,6 +204,7 @@ def _check_inputs(family, model: Optional[nn.Module], config: RunConfig, output_
                          "method='multitask' for joint training on other kinds")
     if output_dir is not None and os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(f"output_dir={output_dir!r} is a file; give a folder path")
+    tracking.check(config.outer.report_to, output_dir)
     if config.outer.checkpoint_every and output_dir is None:
         raise ValueError("checkpoint_every > 0 needs output_dir: checkpoints are written to output_dir/checkpoint.safetensors")
     if config.inner.backend == "higher":

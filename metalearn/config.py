@@ -197,7 +197,8 @@ class OuterConfig:
                "use a positive number of validation tasks")
         _check(self.on_nonfinite in ("stop", "skip"), "on_nonfinite", self.on_nonfinite, "use 'stop' or 'skip'")
         _check(_is_int(self.seed), "seed", self.seed, "use an integer seed")
-        report_to = [] if self.report_to in (None, "none") else _names(
+        empty = self.report_to is None or self.report_to == "none" or self.report_to in ([], ())
+        report_to = [] if empty else _names(
             self.report_to, "report_to", f"name experiment trackers among {REPORT_TO}, or None")
         unknown = [name for name in report_to if name not in REPORT_TO]
         _check(not unknown and len(set(report_to)) == len(report_to), "report_to", self.report_to,

@@ -18,6 +18,7 @@ from torch import nn
 
 from . import algorithms, checkpoint, distributed, divergence, outer, runlock, tracking
 from .build import build_learner, needs_second_order
+from .card import describe_family
 from .config import AdapterConfig, BaseConfig, InnerConfig, OuterConfig, RunConfig
 from .learner import Learner
 from .progress import bar as progress_bar
@@ -96,6 +97,7 @@ def _fit(family, model: Optional[nn.Module], config: RunConfig, tokenizer, outpu
     rng = np.random.default_rng(config.outer.seed)
     probe_task = sample_task(family, "train", np.random.default_rng(config.outer.seed + 10_000))
     learner = build_learner(config, model, tokenizer)
+    learner.family = describe_family(family)
     probe = learner.episode(probe_task)  # raises on a head/kind mismatch before training
     learner.check(probe)  # ANIL names, output vs target shapes
     if needs_second_order(config):

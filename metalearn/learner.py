@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from . import adapters as adapters_mod
-from . import files, saved
+from . import card, files, saved
 from .config import RunConfig
 from .functional import logits, outputs, prototype_head, task_loss
 from .inner import build as build_optimizer
@@ -63,7 +64,8 @@ class Learner:
             for t in self.step_sizes.values():
                 t.requires_grad_(True)
         self.optimizer = build_optimizer(inner.optimizer, inner.clip_norm, inner.adam_betas, inner.adam_eps)
-        self.history: list[dict] = []
+        self.history: list[dict] = []  # fit's log records, one per meta-step
+        self.family: Optional[str] = None  # the task family fit meta-trained on, described for the model card
 
     # ---- what the outer loop optimizes ----------------------------------------------------------
     def meta_parameters(self) -> Params:
@@ -157,12 +159,14 @@ class Learner:
     def _default_kind(self) -> str:
         return {"module": "regression", "encoder": "classification"}.get(self.model.model_type, "generation")
 
-    def save(self, path: str) -> None:
+    def save(self, path: str, results: Any = None) -> None:
         """Write the init as a peft adapter folder (LoRA at the root, soft prompt in prompt/) plus sidecar files.
 
         Written to a temporary folder beside ``path`` and swapped into place under a lock, so a crash never
         leaves a half-written adapter where a good one was, and concurrent loads see one whole save (see
-        ``metalearn.saved``). A symlink is followed: its target is updated.
+        ``metalearn.saved``). A symlink is followed: its target is updated. ``README.md`` is a model card
+        (``metalearn.card``), written after the checksums, so it may be edited; pass ``results``
+        (``evaluate``'s result, or the folder it was saved to) to add its table, and its files in ``eval/``.
         """
         from safetensors.torch import save_file
 
@@ -179,10 +183,26 @@ class Learner:
                     "names": list(self.adapted.names), "format": saved.FORMAT, "checksums": saved.checksums(tmp)}
             with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
                 json.dump(meta, f, indent=2, default=str)
+            card.write(self, tmp, results)  # after the checksums: the card and eval/ are not verified on load
             saved.publish(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def push_to_hub(self, repo_id: str, *, results: Any = None, private: Optional[bool] = None,
+                    token: Optional[str] = None, commit_message: str = "Upload meta-learned initialization") -> str:
+        """Save to a temporary folder and upload it as the Hub model repo ``repo_id``; return the commit URL.
+
+        The repo is created if needed (``huggingface_hub.HfApi.create_repo``), then the folder uploaded
+        (``upload_folder``): the peft adapter, metalearn's files and the model card.
+        """
+        from . import hub
+
+        hub.check_push(repo_id)  # a valid name and a reachable Hub, before anything is written
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = os.path.join(tmp, "learner")
+            self.save(folder, results=results)
+            return hub.push_folder(folder, repo_id, private=private, token=token, commit_message=commit_message)
 
 
 class AdaptedModel:

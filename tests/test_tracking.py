@@ -86,6 +86,16 @@ def test_wandb_offline_run_writes_its_files_without_network(tmp_path, monkeypatc
     assert repr(last["query_loss"]).encode()[:8] in data  # the logged value itself (JSON-encoded by W&B)
 
 
+def test_report_to_normalizes_and_round_trips():
+    from metalearn.config import OuterConfig, RunConfig
+
+    assert [OuterConfig(report_to=v).report_to for v in (None, "none", [], "wandb", ("wandb", "mlflow"))] == [
+        [], [], [], ["wandb"], ["wandb", "mlflow"]]
+    for value in (None, ["tensorboard"]):
+        config = metalearn.make_config(report_to=value)
+        assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
 def test_unknown_or_missing_tracker_fails_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="report_to=.*tensorbord.*among"):
         metalearn.make_config(report_to=["tensorbord"])

@@ -64,7 +64,7 @@ def hub_base_model(learner: "Learner") -> Optional[str]:
     """The base model's Hub id, or None (built in memory, or a local folder: not a Hub reference)."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    peft_model = learner.adapted.lora or learner.adapted.prompt
+    peft_model = learner.adapted.lora if learner.adapted.lora is not None else learner.adapted.prompt
     recorded = peft_model.peft_config["default"].base_model_name_or_path if peft_model is not None else None
     name = learner.config.base.name_or_path or recorded  # recorded: the name of a base passed in memory
     if not name or os.path.exists(name):

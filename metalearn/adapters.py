@@ -60,6 +60,21 @@ def check_target_modules(model: nn.Module, targets) -> None:
                              f"name linear layers instead: {leaves}")
 
 
+def check_unadapted(model: nn.Module) -> None:
+    """Raise if ``model`` already holds peft adapter layers, e.g. from an earlier ``fit`` on this very object.
+
+    Adapters are attached in place (the base is never copied), so a second ``fit``, ``load`` or
+    ``build_learner`` on the same object would nest new adapters over the earlier ones, whose values then
+    silently become part of the "frozen" base.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if any(isinstance(m, BaseTunerLayer) for m in model.modules()):
+        raise ValueError(f"model ({type(model).__name__}) already holds peft adapter layers, e.g. from an earlier "
+                         "metalearn.fit or metalearn.load on this very object; pass a fresh copy of the base model, "
+                         "or take the earlier LoRA layers out first with learner.adapted.lora.unload()")
+
+
 def attach(base: nn.Module, model_type: str, config: AdapterConfig, tokenizer=None,
            base_name: Optional[str] = None) -> Adapted:
     """Wrap ``base`` with peft LoRA and/or a soft prompt as ``config`` asks.

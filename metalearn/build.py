@@ -25,6 +25,8 @@ def needs_second_order(config: RunConfig) -> bool:
 
 def build_learner(config: RunConfig, model: Optional[nn.Module] = None, tokenizer=None) -> Learner:
     """Load the frozen base once, attach the adapters the config names, and wrap it all in a Learner."""
+    if model is not None:
+        adapters_mod.check_unadapted(model)
     with library_bars_only_when_live():
         base, model_type = load_base(config.base, model, second_order=needs_second_order(config))
         if tokenizer is None and model_type != "module":

@@ -28,6 +28,14 @@ def test_target_modules_that_do_not_exist(tmp_path):
               target_modules=["qq_proj"])
 
 
+def test_a_base_that_already_holds_adapters(tmp_path):
+    base = small_llama()
+    metalearn.fit(CopyFamily(), model=base, method="fomaml", inner_steps=1, meta_steps=0, lora_r=2,
+                  target_modules=["q_proj"], progress=False)  # attaches LoRA to this very object
+    fit_fails(tmp_path, r"already holds peft adapter layers.*fresh copy.*unload\(\)", family=CopyFamily(), model=base,
+              method="fomaml", inner_steps=1, lora_r=2, target_modules=["q_proj"])
+
+
 @pytest.mark.parametrize("method", ["maml", "fomaml", "reptile", "metasgd"])
 def test_inner_method_with_zero_steps(tmp_path, method):
     fit_fails(tmp_path, "inner.steps=0", model=mlp(), method=method, inner_steps=0)

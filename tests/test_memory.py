@@ -14,10 +14,11 @@ ADAPTER = dict(lora_r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=
 
 @pytest.fixture(scope="module")
 def base():
-    return small_llama()
+    return small_llama().requires_grad_(False)  # frozen, as build_learner leaves a base
 
 
-def graph_peak(base, method, steps, tasks=1, batching="off", **inner):
+def graph_peak(method, steps, tasks=1, batching="off", **inner):
+    base = small_llama()  # adapters attach in place: each learner gets a base of its own
     learner = build_learner(make_config(method=method, inner_steps=steps, task_batching=batching, **ADAPTER, **inner),
                             base)
     rng = np.random.default_rng(0)
@@ -31,19 +32,19 @@ def graph_peak(base, method, steps, tasks=1, batching="off", **inner):
     return mem.peak
 
 
-def test_second_order_grows_with_inner_steps_first_order_and_reptile_stay_flat(base):
-    peak = {(m, k): graph_peak(base, m, k) for m in ("maml", "fomaml", "reptile") for k in (1, 4)}
+def test_second_order_grows_with_inner_steps_first_order_and_reptile_stay_flat():
+    peak = {(m, k): graph_peak(m, k) for m in ("maml", "fomaml", "reptile") for k in (1, 4)}
     assert peak[("maml", 4)] > 2.5 * peak[("maml", 1)]
     assert peak[("fomaml", 4)] <= 1.1 * peak[("fomaml", 1)]
     assert peak[("reptile", 4)] <= 1.1 * peak[("reptile", 1)]
     # truncation to the last step keeps second order at one step's graph
-    assert graph_peak(base, "maml", 4, order="truncated", truncate=1) <= 1.1 * peak[("maml", 1)]
+    assert graph_peak("maml", 4, order="truncated", truncate=1) <= 1.1 * peak[("maml", 1)]
 
 
-def test_loop_peak_does_not_grow_with_meta_batch_batched_is_at_most_linear(base):
-    one = graph_peak(base, "maml", 2, tasks=1)
-    assert graph_peak(base, "maml", 2, tasks=4) <= 1.1 * one  # one task's graph at a time
-    batched = graph_peak(base, "maml", 2, tasks=4, batching="on")
+def test_loop_peak_does_not_grow_with_meta_batch_batched_is_at_most_linear():
+    one = graph_peak("maml", 2, tasks=1)
+    assert graph_peak("maml", 2, tasks=4) <= 1.1 * one  # one task's graph at a time
+    batched = graph_peak("maml", 2, tasks=4, batching="on")
     assert one < batched <= 4 * one * 1.05
 
 

@@ -75,6 +75,16 @@ def check_unadapted(model: nn.Module) -> None:
                          "or take the earlier LoRA layers out first with learner.adapted.lora.unload()")
 
 
+def targets_conv1d(model: nn.Module, targets) -> bool:
+    """Whether LoRA's targets are transformers ``Conv1D`` layers (GPT-2's), which store weights transposed.
+
+    peft needs ``fan_in_fan_out=True`` for them; told nothing, it sets it itself with a warning. With no
+    targets named, peft's defaults for such a model (GPT-2: ``c_attn``) are Conv1D layers too.
+    """
+    conv1d = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Conv1D"}
+    return bool(conv1d) and (targets is None or any(t.rsplit(".", 1)[-1] in conv1d for t in targets))
+
+
 def attach(base: nn.Module, model_type: str, config: AdapterConfig, tokenizer=None,
            base_name: Optional[str] = None) -> Adapted:
     """Wrap ``base`` with peft LoRA and/or a soft prompt as ``config`` asks.
@@ -100,8 +110,8 @@ def attach(base: nn.Module, model_type: str, config: AdapterConfig, tokenizer=No
             check_target_modules(base, config.target_modules)
         lora_cfg = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha or 2 * config.lora_r,
                               lora_dropout=config.lora_dropout, target_modules=config.target_modules,
-                              init_lora_weights=config.init_lora_weights,
-                              task_type=PEFT_TASK_TYPES.get(model_type))
+                              init_lora_weights=config.init_lora_weights, task_type=PEFT_TASK_TYPES.get(model_type),
+                              fan_in_fan_out=targets_conv1d(base, config.target_modules))
         try:
             with ignoring(PEFT_WRAP):
                 lora = get_peft_model(base, lora_cfg)

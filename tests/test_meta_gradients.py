@@ -53,10 +53,10 @@ def test_meta_sgd_step_size_gradient_matches_finite_differences():
     sizes = learner.step_sizes[name]
     with torch.no_grad():
         sizes[1] += eps
-    plus = float(meta_loss(learner, episode, None))
+    plus = meta_loss(learner, episode, None).item()
     with torch.no_grad():
         sizes[1] -= 2 * eps
-    minus = float(meta_loss(learner, episode, None))
+    minus = meta_loss(learner, episode, None).item()
     assert float(grads["lr:" + name][1]) == pytest.approx((plus - minus) / (2 * eps), rel=1e-5)
 
 

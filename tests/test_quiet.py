@@ -38,6 +38,19 @@ def test_lora_under_a_soft_prompt_attaches_without_warnings_and_as_get_peft_mode
             == [(n, p.shape) for n, p in reference.named_parameters()])
 
 
+def test_lora_on_gpt2_conv1d_layers_is_set_up_without_peft_correcting_it():
+    from tests.helpers import small_gpt2
+
+    for targets in (["c_attn"], None):  # named, or peft's default for GPT-2
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            adapted = attach(small_gpt2(), "causal", AdapterConfig(lora_r=2, target_modules=targets))
+        assert [str(w.message) for w in caught] == []
+        assert adapted.lora.peft_config["default"].fan_in_fan_out is True
+    llama = attach(small_llama(), "causal", AdapterConfig(lora_r=2, target_modules=["q_proj"]))
+    assert llama.lora.peft_config["default"].fan_in_fan_out is False
+
+
 def test_generating_through_a_soft_prompt_raises_no_position_ids_warning():
     import metalearn
     from metalearn.tasks import TextRules

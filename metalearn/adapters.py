@@ -1,9 +1,14 @@
 """Attach the adaptable tensors to a frozen base with peft, read them out as a dict, save and load them.
 
 peft owns the adapter modules and the on-disk format; metalearn owns only the tensors' values.
-LoRA and a soft prompt combine by wrapping the LoRA-injected model in a prompt-tuning PeftModel
-(a PeftModel holds one adapter type); they save as two adapter folders: LoRA at the root, the
-soft prompt in ``prompt/``.
+LoRA and a prompt-learning method (a soft prompt, Lester et al. 2021, or a key/value prefix at every
+layer, Li & Liang 2021) combine by wrapping the LoRA-injected model in a prompt-learning PeftModel
+(a PeftModel holds one adapter type); they save as two adapter folders: LoRA at the root, the soft
+prompt in ``prompt/`` or the prefix in ``prefix/``. Alone, either one is saved at the root.
+
+A prefix reaches the model as ``past_key_values`` that peft computes from its prompt encoder inside
+the forward, so ``torch.func.functional_call`` over the encoder's tensors (the prefix itself, or the
+embedding and MLP of its reparameterization) differentiates through it like through a soft prompt.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ log = logging.getLogger("metalearn")
 
 PEFT_TASK_TYPES = {"causal": "CAUSAL_LM", "encoder": "FEATURE_EXTRACTION", "seq2seq": "SEQ_2_SEQ_LM"}
 PROMPT_SUBFOLDER = "prompt"
+PREFIX_SUBFOLDER = "prefix"
 
 
 @dataclass
@@ -34,12 +40,40 @@ class Adapted:
     lora: Optional[nn.Module]  # peft LoRA model (None without LoRA)
     prompt: Optional[nn.Module]  # peft prompt-tuning model (None without a soft prompt)
     names: tuple[str, ...]  # names (in ``module``) of the adaptable tensors
+    prefix: Optional[nn.Module] = None  # peft prefix-tuning model (None without a prefix)
+
+    @property
+    def soft(self) -> Optional[nn.Module]:
+        """The prompt-learning PeftModel (soft prompt or prefix; peft holds at most one), or None."""
+        return self.prompt if self.prompt is not None else self.prefix
 
     @property
     def n_virtual_tokens(self) -> int:
+        """Positions the soft prompt adds to the outputs (a prefix lives in the attention cache: none)."""
         if self.prompt is None:
             return 0
         return self.prompt.peft_config["default"].num_virtual_tokens
+
+    @property
+    def reparameterized(self) -> bool:
+        """A prefix computed by peft's MLP: peft saves the prefix it computes, not the MLP."""
+        return self.prefix is not None and bool(self.prefix.peft_config["default"].prefix_projection)
+
+    def sidecar_names(self) -> tuple[str, ...]:
+        """Adaptable tensors peft's adapter format cannot hold (metalearn saves them beside it)."""
+        if self.lora is None and self.soft is None:
+            return self.names  # a plain module, meta-learned whole
+        if self.reparameterized:
+            return tuple(n for n in self.names if n.startswith("prompt_encoder."))
+        return ()
+
+    def peft_parts(self) -> list[tuple[nn.Module, str]]:
+        """Each peft model with the subfolder it saves to: LoRA at the root, a soft prompt or prefix beside it."""
+        parts = [(self.lora, "")] if self.lora is not None else []
+        if self.soft is not None:
+            sub = PROMPT_SUBFOLDER if self.prompt is not None else PREFIX_SUBFOLDER
+            parts.append((self.soft, sub if self.lora is not None else ""))
+        return parts
 
 
 LORA_LAYER_TYPES = ("Linear", "Linear4bit", "Linear8bitLt", "Conv1D", "Embedding", "Conv1d", "Conv2d")
@@ -94,17 +128,19 @@ def attach(base: nn.Module, model_type: str, config: AdapterConfig, tokenizer=No
     the saved adapter configs record as ``base_model_name_or_path``; ``base``'s own ``name_or_path`` may be a
     temporary folder (the NF4 reload of an in-memory model), which peft would record otherwise.
     """
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
 
+    if config.prompt_tokens and model_type == "module":
+        raise ValueError("prompt_tokens > 0 needs a transformers model with token embeddings; set prompt_tokens=0")
+    if config.prefix_tokens and model_type == "module":
+        raise ValueError("prefix_tokens > 0 needs a transformers model with attention layers; set prefix_tokens=0")
     if model_type == "module" and (not config.lora or config.target_modules is None):
         for p in base.parameters():
             p.requires_grad_(True)
         log.info("plain nn.Module without LoRA target modules: all of its parameters are meta-learned")
         return Adapted(base, None, None, tuple(n for n, _ in base.named_parameters()))
-    if config.prompt_tokens and model_type == "module":
-        raise ValueError("prompt_tokens > 0 needs a transformers model with token embeddings; set prompt_tokens=0")
     trainable: list[nn.Parameter] = []
-    module, lora, prompt = base, None, None
+    module, lora, prompt, prefix = base, None, None, None
     if config.lora:
         if config.target_modules is not None:
             check_target_modules(base, config.target_modules)
@@ -123,11 +159,22 @@ def attach(base: nn.Module, model_type: str, config: AdapterConfig, tokenizer=No
         module = lora
     if config.prompt_tokens:
         inner = lora.base_model.model if lora is not None else base
-        prompt = prompt_tuning(inner, model_type, config.prompt_tokens, base_name)
+        prompt = prompt_learning(inner, PromptTuningConfig(task_type=PEFT_TASK_TYPES[model_type],
+                                                           num_virtual_tokens=config.prompt_tokens,
+                                                           base_model_name_or_path=base_name or ""))
         if config.prompt_init_text:
             init_prompt_from_text(prompt, config.prompt_init_text, tokenizer)
         trainable += [p for p in prompt.parameters() if p.requires_grad]
         module = prompt
+    if config.prefix_tokens:
+        inner = lora.base_model.model if lora is not None else base
+        prefix = prompt_learning(inner, PrefixTuningConfig(task_type=PEFT_TASK_TYPES[model_type],
+                                                           num_virtual_tokens=config.prefix_tokens,
+                                                           prefix_projection=config.prefix_projection,
+                                                           encoder_hidden_size=config.prefix_hidden,
+                                                           base_model_name_or_path=base_name or ""))
+        trainable += [p for p in prefix.prompt_encoder.parameters() if p.requires_grad]
+        module = prefix
     ids = {id(p) for p in trainable}
     float64 = any(p.dtype == torch.float64 for p in base.parameters())
     for p in trainable:
@@ -135,23 +182,21 @@ def attach(base: nn.Module, model_type: str, config: AdapterConfig, tokenizer=No
         if float64:  # peft creates adapters in float32; a float64 base (gradient checks) wants float64
             p.data = p.data.double()
     names = tuple(n for n, p in module.named_parameters() if id(p) in ids)
-    return Adapted(module, lora, prompt, names)
+    return Adapted(module, lora, prompt, names, prefix)
 
 
-def prompt_tuning(model: nn.Module, model_type: str, tokens: int, base_name: Optional[str] = None) -> nn.Module:
-    """A prompt-tuning PeftModel over ``model``, which may already hold LoRA layers.
+def prompt_learning(model: nn.Module, peft_config) -> nn.Module:
+    """A prompt-learning PeftModel (soft prompt or prefix) over ``model``, which may already hold LoRA layers.
 
     Built with peft's PeftModel class for the task type, as ``PeftModel.from_pretrained`` does, not with
     ``get_peft_model``: that one warns "You are trying to modify a model with PEFT for a second time"
     whenever the model holds tuner layers, a guard against re-wrapping by mistake; here the LoRA layers
-    are meant to stay under the soft prompt.
+    are meant to stay under the prompt.
     """
-    from peft import MODEL_TYPE_TO_PEFT_MODEL_MAPPING, PromptTuningConfig
+    from peft import MODEL_TYPE_TO_PEFT_MODEL_MAPPING
 
-    config = PromptTuningConfig(task_type=PEFT_TASK_TYPES[model_type], num_virtual_tokens=tokens,
-                                base_model_name_or_path=base_name or "")
     with ignoring(PEFT_WRAP):
-        return MODEL_TYPE_TO_PEFT_MODEL_MAPPING[config.task_type](model, config)
+        return MODEL_TYPE_TO_PEFT_MODEL_MAPPING[peft_config.task_type](model, peft_config)
 
 
 def init_prompt_from_text(prompt_model: nn.Module, text: str, tokenizer) -> None:
@@ -186,16 +231,15 @@ def write_params(adapted: Adapted, params: Params) -> None:
 def save_adapters(adapted: Adapted, path: str) -> None:
     """Write the standard peft adapter folder(s) for the current parameter values.
 
+    A reparameterized prefix is written as peft writes it: the prefix the MLP computes (what
+    ``PeftModel.from_pretrained`` runs with); the MLP itself is not part of peft's format.
     ``save_embedding_layers=False``: the base is frozen and its vocabulary never resized, so there are no
     embedding weights to save; peft's "auto" would otherwise look the base model up (on the Hub) at every save.
     """
-    if adapted.lora is not None:
-        adapted.lora.save_pretrained(path, save_embedding_layers=False)
-        _sort_set_fields(adapted.lora.peft_config["default"], path)
-    if adapted.prompt is not None:
-        folder = os.path.join(path, PROMPT_SUBFOLDER) if adapted.lora is not None else path
-        adapted.prompt.save_pretrained(folder, save_embedding_layers=False)
-        _sort_set_fields(adapted.prompt.peft_config["default"], folder)
+    for peft_model, sub in adapted.peft_parts():
+        folder = os.path.join(path, sub) if sub else path
+        peft_model.save_pretrained(folder, save_embedding_layers=False)
+        _sort_set_fields(peft_model.peft_config["default"], folder)
 
 
 def _sort_set_fields(peft_config, folder: str) -> None:
@@ -221,11 +265,12 @@ def load_adapters(base: nn.Module, path: str) -> nn.Module:
     """Load what ``save_adapters`` wrote onto ``base`` with peft alone (no metalearn state needed)."""
     from peft import PeftModel
 
-    has_root = os.path.exists(os.path.join(path, "adapter_config.json"))  # LoRA, or a lone soft prompt
-    prompt_dir = os.path.join(path, PROMPT_SUBFOLDER)
+    has_root = os.path.exists(os.path.join(path, "adapter_config.json"))  # LoRA, or a lone soft prompt or prefix
     with ignoring(PEFT_WRAP):
         model = PeftModel.from_pretrained(base, path) if has_root else base
-        if os.path.exists(os.path.join(prompt_dir, "adapter_config.json")):
-            inner = model.base_model.model if has_root else base
-            model = PeftModel.from_pretrained(inner, prompt_dir)
+        for sub in (PROMPT_SUBFOLDER, PREFIX_SUBFOLDER):
+            folder = os.path.join(path, sub)
+            if os.path.exists(os.path.join(folder, "adapter_config.json")):
+                inner = model.base_model.model if has_root else base
+                model = PeftModel.from_pretrained(inner, folder)
     return model

@@ -53,7 +53,7 @@ def load(path: str, model: Optional[nn.Module] = None, tokenizer=None) -> Learne
         raise ValueError(f"{os.path.join(path, CONFIG_FILE)} is corrupted ({err}); re-save the learner") from None
     state = folder.tensors(STATE_FILE)
     learner = build_learner(config, model, tokenizer)
-    if learner.adapted.lora is not None or learner.adapted.prompt is not None:
+    if learner.adapted.peft_parts():
         _load_peft_values(learner, folder)
     expected = {**{"lr:" + n: t for n, t in learner.step_sizes.items()}, **learner.init}
     _check_shapes(folder, STATE_FILE, state, {n: t.shape for n, t in expected.items()})
@@ -69,16 +69,18 @@ def load(path: str, model: Optional[nn.Module] = None, tokenizer=None) -> Learne
 
 
 def _load_peft_values(learner: Learner, folder: saved.Folder) -> None:
-    """Fill the learner's init from the peft adapter folder(s) via peft's state-dict loader."""
+    """Fill the learner's init from the peft adapter folder(s) via peft's state-dict loader.
+
+    A reparameterized prefix is skipped: peft's folder holds the prefix its MLP computed, the MLP's
+    own tensors come from the sidecar.
+    """
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     adapted = learner.adapted
-    parts = []
-    if adapted.lora is not None:
-        parts.append((adapted.lora, ""))
-    if adapted.prompt is not None:
-        parts.append((adapted.prompt, adapters_mod.PROMPT_SUBFOLDER + "/" if adapted.lora else ""))
-    for peft_model, prefix in parts:
+    for peft_model, sub in adapted.peft_parts():
+        if peft_model is adapted.prefix and adapted.reparameterized:
+            continue
+        prefix = sub + "/" if sub else ""
         where = os.path.join(folder.path, prefix)
         if not folder.has(prefix + saved.ADAPTER_CONFIG):
             raise ValueError(f"{where!r} lacks adapter_config.json: the saved learner is partial; re-save it")

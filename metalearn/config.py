@@ -70,7 +70,11 @@ class BaseConfig:
 
 @dataclass
 class AdapterConfig:
-    """Which tensors are meta-learned: LoRA (peft), a soft prompt, and/or a task head."""
+    """Which tensors are meta-learned: LoRA (peft), a soft prompt or a prefix, and/or a task head.
+
+    peft holds one prompt-learning method per model, so a soft prompt (``prompt_tokens``) and a prefix
+    (``prefix_tokens``) exclude each other; either combines with LoRA.
+    """
 
     lora_r: int = 8
     lora_alpha: Optional[float] = None  # None: 2 * r
@@ -79,6 +83,9 @@ class AdapterConfig:
     init_lora_weights: Any = True  # peft's options: True (B=0), "gaussian", "pissa", "olora", ...
     prompt_tokens: int = 0  # soft prompt length; 0 turns prompt tuning off
     prompt_init_text: Optional[str] = None  # initialize the soft prompt from this text's embeddings
+    prefix_tokens: int = 0  # prefix tuning: key/value prefix length at every layer; 0 turns it off
+    prefix_projection: bool = False  # reparameterize the prefix through peft's two-layer MLP (Li & Liang 2021)
+    prefix_hidden: Optional[int] = None  # that MLP's hidden size; None: the model's hidden size
     head: Optional[str] = None  # classification: "prototype" (ProtoMAML, any N) or "learned" (fixed N)
     n_way: Optional[int] = None  # needed by head="learned"
     head_metric: str = "euclidean"  # prototype/linear head on "euclidean" features or "cosine" similarity
@@ -91,6 +98,20 @@ class AdapterConfig:
         _check(_is_number(self.lora_dropout) and 0.0 <= self.lora_dropout < 1.0, "lora_dropout", self.lora_dropout, "use a value in [0, 1)")
         _check(_is_int(self.prompt_tokens) and self.prompt_tokens >= 0, "prompt_tokens",
                self.prompt_tokens, "use 0 (off) or a positive number of virtual tokens")
+        _check(_is_int(self.prefix_tokens) and self.prefix_tokens >= 0, "prefix_tokens",
+               self.prefix_tokens, "use 0 (off) or a positive number of prefix positions")
+        _check(isinstance(self.prefix_projection, bool), "prefix_projection", self.prefix_projection,
+               "use True (an MLP produces the prefix) or False (the prefix is learned directly)")
+        _check(not self.prefix_projection or self.prefix_tokens > 0, "prefix_projection", self.prefix_projection,
+               "the projection reparameterizes a prefix: set prefix_tokens > 0, or prefix_projection=False")
+        _check(self.prefix_hidden is None or (_is_int(self.prefix_hidden) and self.prefix_hidden > 0
+                                              and self.prefix_projection), "prefix_hidden", self.prefix_hidden,
+               "use a positive MLP width together with prefix_projection=True, or None")
+        if self.prompt_tokens and self.prefix_tokens:
+            raise ValueError(f"prompt_tokens={self.prompt_tokens} with prefix_tokens={self.prefix_tokens} is invalid: "
+                             "peft holds one prompt-learning method per model, so a soft prompt and a prefix cannot be "
+                             "combined; use one of them, each alone or with LoRA (lora=True), e.g. prefix_tokens="
+                             f"{self.prefix_tokens} with LoRA, or prompt_tokens={self.prompt_tokens} with LoRA")
         _check(self.head in HEADS, "head", self.head, f"use one of {HEADS}")
         _check(self.head_metric in ("euclidean", "cosine"), "head_metric", self.head_metric,
                "use 'euclidean' or 'cosine'")

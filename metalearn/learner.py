@@ -160,7 +160,7 @@ class Learner:
         return {"module": "regression", "encoder": "classification"}.get(self.model.model_type, "generation")
 
     def save(self, path: str, results: Any = None) -> None:
-        """Write the init as a peft adapter folder (LoRA at the root, soft prompt in prompt/) plus sidecar files.
+        """Write the init as peft adapter folder(s) (LoRA at the root, a soft prompt or prefix beside it) and a sidecar.
 
         Written to a temporary folder beside ``path`` and swapped into place under a lock, so a crash never
         leaves a half-written adapter where a good one was, and concurrent loads see one whole save (see
@@ -176,8 +176,8 @@ class Learner:
             adapters_mod.write_params(self.adapted, self.init)
             adapters_mod.save_adapters(self.adapted, tmp)
             extra = {"lr:" + n: t for n, t in self.step_sizes.items()}
-            extra.update({n: t for n, t in self.init.items()
-                          if n.startswith("head.") or self.adapted.lora is None and self.adapted.prompt is None})
+            sidecar = set(self.adapted.sidecar_names())
+            extra.update({n: t for n, t in self.init.items() if n.startswith("head.") or n in sidecar})
             save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, os.path.join(tmp, STATE_FILE))
             meta = {"config": self.config.to_dict(), "model_type": self.model.model_type,
                     "names": list(self.adapted.names), "format": saved.FORMAT, "checksums": saved.checksums(tmp)}

@@ -29,7 +29,8 @@ STATE_FILE = "metalearn_state.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 FORMAT = 2  # 2: checksums in the sidecar
-KNOWN = (STATE_FILE, ADAPTER_CONFIG, ADAPTER_WEIGHTS, f"prompt/{ADAPTER_CONFIG}", f"prompt/{ADAPTER_WEIGHTS}")
+ADAPTER_FOLDERS = ("", "prompt/", "prefix/")  # LoRA or a lone soft prompt/prefix; a soft prompt/prefix beside LoRA
+KNOWN = (STATE_FILE,) + tuple(f"{sub}{name}" for sub in ADAPTER_FOLDERS for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS))
 
 
 def _lock_path(real: str) -> str:
@@ -155,7 +156,7 @@ def _verify(path: str, meta: dict, blobs: dict[str, bytes]) -> None:
             raise ValueError(f"{os.path.join(path, rel)!r} does not match the SHA-256 recorded in {CONFIG_FILE} when it "
                              "was saved: the file is damaged or was changed. Re-save the learner, or restore the "
                              "folder from a good copy")
-    for prefix in ("", "prompt/"):
+    for prefix in ADAPTER_FOLDERS:
         if prefix + ADAPTER_CONFIG in blobs and prefix + ADAPTER_WEIGHTS not in blobs:
             raise ValueError(f"{os.path.join(path, prefix + ADAPTER_WEIGHTS)!r} is missing beside its "
                              f"{ADAPTER_CONFIG}: the saved learner is partial; re-save it")

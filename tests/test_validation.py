@@ -15,9 +15,10 @@ from tests.helpers import SinusoidFamily, mlp, small_llama
 weird = st.one_of(st.none(), st.booleans(), st.integers(-3, 6), st.floats(allow_nan=True, allow_infinity=True),
                   st.text(max_size=6), st.lists(st.integers(0, 3), max_size=3))
 KEYS = ["inner_steps", "inner_lr", "meta_lr", "meta_batch", "meta_steps", "lora_r", "lora_dropout", "lora_alpha",
-        "prompt_tokens", "lora_plus_ratio", "inner_optimizer", "method", "order", "truncate", "inner_clip_norm",
-        "outer_clip_norm", "quantization", "schedule", "head", "target_modules", "adam_eps", "warmup_steps",
-        "checkpoint_every", "on_nonfinite", "max_length", "seed", "weight_decay", "trainable", "compute_dtype"]
+        "prompt_tokens", "prefix_tokens", "prefix_projection", "lora_plus_ratio", "inner_optimizer", "method", "order",
+        "truncate", "inner_clip_norm", "outer_clip_norm", "quantization", "schedule", "head", "target_modules",
+        "adam_eps", "warmup_steps", "checkpoint_every", "on_nonfinite", "max_length", "seed", "weight_decay",
+        "trainable", "compute_dtype"]
 
 
 @settings(max_examples=300, deadline=None)

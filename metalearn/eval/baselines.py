@@ -68,7 +68,7 @@ def random_init(learner: Learner, seed: int = 0) -> Learner:
     """A Learner over the same frozen base and adapters, with a fresh peft init and plain SGD step sizes.
 
     Nothing is copied or re-attached: the adapter modules are re-initialized in place as peft would
-    (LoRA ``reset_lora_parameters``, a new soft-prompt embedding, ``reset_parameters`` of a plain
+    (LoRA ``reset_lora_parameters``, a new soft-prompt or prefix encoder, ``reset_parameters`` of a plain
     module), the values are read out as the new init, and the module's previous values are put back.
     The inner loop is plain first-order fine-tuning of every adaptable tensor at ``config.inner.lr``
     (no learned step sizes, no ANIL subset), so only the learning-rate search tunes it.
@@ -95,7 +95,7 @@ def _reinitialize(learner: Learner) -> None:
     """Re-draw the adapter tensors in place, the way peft (or torch) first initialized them."""
     adapted, cfg = learner.adapted, learner.config.adapter
     with torch.no_grad():
-        if adapted.lora is None and adapted.prompt is None:
+        if adapted.lora is None and adapted.soft is None:
             for module in adapted.module.modules():
                 if hasattr(module, "reset_parameters"):
                     module.reset_parameters()
@@ -117,6 +117,10 @@ def _reinitialize(learner: Learner) -> None:
             encoder.embedding.reset_parameters()
             if cfg.prompt_init_text:
                 init_prompt_from_text(adapted.prompt, cfg.prompt_init_text, learner.model.tokenizer)
+        if adapted.prefix is not None:  # the prefix (and its MLP) as peft's PrefixEncoder first draws them
+            for module in adapted.prefix.prompt_encoder["default"].modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
 
 
 # ---------------------------------------------------------------- the frozen base
@@ -124,9 +128,9 @@ def _reinitialize(learner: Learner) -> None:
 
 @contextlib.contextmanager
 def frozen_base(learner: Learner) -> Iterator[TaskModel]:
-    """A TaskModel over the learner's base with the soft prompt and LoRA switched off (nothing copied)."""
+    """A TaskModel over the learner's base with the soft prompt or prefix and LoRA switched off (nothing copied)."""
     adapted, model = learner.adapted, learner.model
-    module = adapted.prompt.base_model if adapted.prompt is not None else adapted.module
+    module = adapted.soft.base_model if adapted.soft is not None else adapted.module
     frozen = TaskModel(module, model.model_type, model.tokenizer, 0, model.max_length,
                        getattr(model, "head_metric", "euclidean"), getattr(model, "head_temperature", 0.05))
     with adapted.lora.disable_adapter() if adapted.lora is not None else contextlib.nullcontext():

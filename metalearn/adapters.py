@@ -134,6 +134,9 @@ def attach(base: nn.Module, model_type: str, config: AdapterConfig, tokenizer=No
         raise ValueError("prompt_tokens > 0 needs a transformers model with token embeddings; set prompt_tokens=0")
     if config.prefix_tokens and model_type == "module":
         raise ValueError("prefix_tokens > 0 needs a transformers model with attention layers; set prefix_tokens=0")
+    if config.prefix_tokens and model_type == "seq2seq":
+        raise ValueError("prefix_tokens > 0 on an encoder-decoder model: peft's prefix reaches the decoder only (the "
+                         "encoder reads no attention cache), which is not prefix tuning; use prompt_tokens and/or LoRA")
     if model_type == "module" and (not config.lora or config.target_modules is None):
         for p in base.parameters():
             p.requires_grad_(True)

@@ -175,6 +175,7 @@ def attach(base: nn.Module, model_type: str, config: AdapterConfig, tokenizer=No
                                                            num_virtual_tokens=config.prefix_tokens,
                                                            prefix_projection=config.prefix_projection,
                                                            encoder_hidden_size=config.prefix_hidden,
+                                                           init_weights=config.prefix_init,
                                                            base_model_name_or_path=base_name or ""))
         trainable += [p for p in prefix.prompt_encoder.parameters() if p.requires_grad]
         module = prefix

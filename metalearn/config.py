@@ -86,6 +86,7 @@ class AdapterConfig:
     prefix_tokens: int = 0  # prefix tuning: key/value prefix length at every layer; 0 turns it off
     prefix_projection: bool = False  # reparameterize the prefix through peft's two-layer MLP (Li & Liang 2021)
     prefix_hidden: Optional[int] = None  # that MLP's hidden size; None: the model's hidden size
+    prefix_init: Optional[str] = None  # peft's init_weights: None (random) or "zero" (zero keys and values)
     head: Optional[str] = None  # classification: "prototype" (ProtoMAML, any N) or "learned" (fixed N)
     n_way: Optional[int] = None  # needed by head="learned"
     head_metric: str = "euclidean"  # prototype/linear head on "euclidean" features or "cosine" similarity
@@ -107,6 +108,8 @@ class AdapterConfig:
         _check(self.prefix_hidden is None or (_is_int(self.prefix_hidden) and self.prefix_hidden > 0
                                               and self.prefix_projection), "prefix_hidden", self.prefix_hidden,
                "use a positive MLP width together with prefix_projection=True, or None")
+        _check(self.prefix_init in (None, "zero"), "prefix_init", self.prefix_init,
+               "use None (peft's random init) or 'zero' (the prefix starts at zero keys and values)")
         if self.prompt_tokens and self.prefix_tokens:
             raise ValueError(f"prompt_tokens={self.prompt_tokens} with prefix_tokens={self.prefix_tokens} is invalid: "
                              "peft holds one prompt-learning method per model, so a soft prompt and a prefix cannot be "

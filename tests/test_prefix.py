@@ -218,6 +218,8 @@ def test_a_soft_prompt_and_a_prefix_together_raise_naming_the_alternative():
         make_config(prefix_tokens=2, prefix_hidden=8)
     with pytest.raises(ValueError, match="prefix_tokens=-1 is invalid"):
         make_config(prefix_tokens=-1)
+    with pytest.raises(ValueError, match="prefix_init='ones' is invalid: use None .* or 'zero'"):
+        make_config(prefix_tokens=2, prefix_init="ones")
     from tests.helpers import mlp
 
     with pytest.raises(ValueError, match="prefix_tokens > 0 needs a transformers model"):
@@ -231,7 +233,7 @@ def test_a_soft_prompt_and_a_prefix_together_raise_naming_the_alternative():
 
 
 def test_random_init_baseline_redraws_the_prefix_and_its_mlp():
-    from metalearn.adapters import adaptable_params
+    from metalearn.adapters import adaptable_params, write_params
     from metalearn.eval.baselines import random_init
     from tests.helpers import small_llama
 
@@ -242,3 +244,9 @@ def test_random_init_baseline_redraws_the_prefix_and_its_mlp():
     for name, value in fresh.init.items():
         assert not torch.equal(value, learner.init[name]), name  # re-drawn
         torch.testing.assert_close(adaptable_params(learner.adapted)[name].detach(), before[name])  # module restored
+    zero = build_learner(make_config(**LLAMA, lora=False, prefix_init="zero"), small_llama())
+    (name,) = zero.init
+    with torch.no_grad():
+        zero.init[name].add_(1.0)  # a meta-learned value, away from the init, also in the module
+    write_params(zero.adapted, zero.init)
+    assert float(random_init(zero, seed=1).init[name].abs().max()) == 0.0  # peft's "zero" init, re-drawn as such

@@ -117,10 +117,9 @@ def _reinitialize(learner: Learner) -> None:
             encoder.embedding.reset_parameters()
             if cfg.prompt_init_text:
                 init_prompt_from_text(adapted.prompt, cfg.prompt_init_text, learner.model.tokenizer)
-        if adapted.prefix is not None:  # the prefix (and its MLP) as peft's PrefixEncoder first draws them
-            for module in adapted.prefix.prompt_encoder["default"].modules():
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
+        if adapted.prefix is not None:  # the prefix (and its MLP) drawn by a new peft PrefixEncoder
+            encoder = adapted.prefix.prompt_encoder["default"]
+            encoder.load_state_dict(type(encoder)(adapted.prefix.peft_config["default"]).state_dict())
 
 
 # ---------------------------------------------------------------- the frozen base

@@ -88,3 +88,22 @@ def test_text_rules_quick(tmp_path, family):
     scores = payload["scores"]
     assert all(0.0 <= scores[f"{m}/exact_match/steps=0"][0] <= 1.0 for m in expected)
     assert all(scores[f"{m}/nll/steps=0"][0] > 0 for m in expected)
+
+
+def test_adapter_sets_quick(tmp_path):
+    out = str(tmp_path / "sets")
+    payload = _script("adapter_sets").main(["--quick", "--quiet", "--output-dir", out])
+    for name in ("table.md", "results.json", "eval/results.md", "base/config.json"):
+        assert os.path.exists(os.path.join(out, name)), name
+    sets = ["lora", "prompt", "prefix", "lora+prompt", "lora+prefix"]
+    assert len(set(payload["sizes"].values())) == 1 and sorted(payload["sizes"]) == sorted(sets)  # equal budgets
+    rows = {name: cells for name, cells in _table_rows(os.path.join(out, "table.md")).items() if name != "set"}
+    assert sorted(rows) == sorted(sets + ["zero_shot"])
+    for name, cells in rows.items():
+        assert cells[0] == f"{payload['sizes'][sets[0]]:,}" or name == "zero_shot"
+        for cell in cells[1:-1]:  # nll @0, @1, exact match @1: mean ± CI
+            assert CELL.match(cell), (name, cell)
+    scores = payload["scores"]
+    assert all(scores[f"{m}/nll/steps=0"][0] > 0 for m in sets)
+    with open(os.path.join(out, "results.json")) as f:
+        assert json.load(f)["sizes"] == payload["sizes"]

@@ -10,7 +10,7 @@ import torch
 
 from metalearn.tasks import KINDS, SPLITS, Task, TaskFamily, available, check_family, data_dir, load
 
-REQUIRED = ["clinc150", "dialogsum", "fewrel", "hwu64", "instruction_induction", "sinusoid", "text_rules"]
+REQUIRED = ["clinc150", "dialogsum", "fewrel", "huffpost", "hwu64", "instruction_induction", "sinusoid", "text_rules"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -65,7 +65,7 @@ def test_required_specs_are_built_in():
     assert set(REQUIRED) <= set(available())
 
 
-@pytest.mark.parametrize("name", sorted(set(REQUIRED) | {"clinc150_domains", "clinc150_verbalizer"}))
+@pytest.mark.parametrize("name", sorted(set(REQUIRED) | {"clinc150_domains", "clinc150_verbalizer", "few_shot_text"}))
 def test_builtin_samples_valid_tasks_in_every_split(name):
     fam = family(name)
     check_family(fam)
@@ -88,7 +88,7 @@ def test_builtin_is_deterministic_given_the_rng(name):
         assert not all(same(a[0], o) for o in others)
 
 
-@pytest.mark.parametrize("name", ["clinc150", "hwu64", "fewrel", "instruction_induction", "text_rules"])
+@pytest.mark.parametrize("name", ["clinc150", "hwu64", "fewrel", "huffpost", "instruction_induction", "text_rules"])
 def test_meta_splits_are_disjoint_and_episodes_stay_in_their_split(name):
     fam = family(name)
     parts = {s: units(fam, s) for s in SPLITS}

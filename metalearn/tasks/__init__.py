@@ -18,11 +18,13 @@ is a runnable one.
 
 Built-in families: :class:`NWayKShot` (N-way K-shot text classification), :class:`Verbalized` (the
 same as prompt -> label word), :class:`InstructionFamily` (data sets x prompt templates),
-:class:`Sinusoid` and :class:`TextRules` (procedural, no data). :func:`load` builds one from a
+:class:`Sinusoid` and :class:`TextRules` (procedural, no data), and :func:`mix` (a :class:`Mixture`:
+each episode from one of several families, as in Meta-Dataset). :func:`load` builds one from a
 declarative spec: ``load("clinc150", n_way=10)``; :func:`available` lists the built-in specs.
 """
 from .classification import NWayKShot
 from .instruction import DEFAULT_TEMPLATES, InstructionFamily
+from .mixture import Mixture, check_target, mix
 from .procedural import RULES, Sinusoid, TextRules
 from .sources import data_dir
 from .specs import available, load
@@ -33,6 +35,7 @@ __all__ = [
     "DEFAULT_TEMPLATES",
     "InstructionFamily",
     "KINDS",
+    "Mixture",
     "NWayKShot",
     "RULES",
     "SPLITS",
@@ -43,6 +46,8 @@ __all__ = [
     "Verbalized",
     "available",
     "check_family",
+    "check_target",
     "data_dir",
     "load",
+    "mix",
 ]

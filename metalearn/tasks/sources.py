@@ -6,7 +6,7 @@ Every source ends as a ``datasets.Dataset`` (one table) or, for instruction data
 * a Hugging Face Hub id, through ``datasets.load_dataset`` (needs network or a warm HF cache);
 * local ``json``/``jsonl``/``csv``/``tsv`` files, also through ``datasets.load_dataset``;
 * a *named reader* for the shared-data layouts that are not plain tables (``READERS``):
-  ``clinc150``, ``hwu64``, ``fewrel``, ``instruction_induction``, ``dialogsum``.
+  ``clinc150``, ``hwu64``, ``fewrel``, ``huffpost``, ``instruction_induction``, ``dialogsum``.
 
 Relative paths resolve against the data root: ``$METALEARN_DATA_DIR`` if set, else the first
 ``shared/data`` folder found walking up from the current directory or from this package.
@@ -176,6 +176,20 @@ def read_fewrel(root: Path, files: Sequence[str] = ("val_wiki.json",),
     return _table(rows)
 
 
+def read_huffpost(root: Path, file: str = "huffpost.json"):
+    """HuffPost headlines as split by Bao et al. 2020 (JSON lines ``{raw, label}``): columns text, label (0-40)."""
+    path = resolve(f"huffpost/{file}", root)
+    _require_nonempty(path)
+    rows: dict[str, list] = {"text": [], "label": []}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                rec = json.loads(line)
+                rows["text"].append(str(rec["raw"]))
+                rows["label"].append(str(rec["label"]))
+    return _table(rows)
+
+
 def _ii_rows(task: str, examples: list[dict]) -> dict[str, list]:
     rows: dict[str, list] = {"input": [], "output": []}
     for i, ex in enumerate(examples):
@@ -232,6 +246,7 @@ READERS: dict[str, Callable[..., Any]] = {
     "clinc150": read_clinc150,
     "dialogsum": read_dialogsum,
     "fewrel": read_fewrel,
+    "huffpost": read_huffpost,
     "hwu64": read_hwu64,
     "instruction_induction": read_instruction_induction,
 }

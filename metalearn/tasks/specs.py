@@ -2,7 +2,7 @@
 
 A spec names a ``family`` kind, a ``source`` and the constructor settings of that family::
 
-    family: classification          # classification | verbalizer | instruction | sinusoid | text_rules
+    family: classification          # classification | verbalizer | instruction | sinusoid | text_rules | mixture
     source: {reader: clinc150}      # or {files: data/*.csv, format: csv} or {hub: clinc_oos, name: plus}
     columns: {text: text, label: intent}
     n_way: 5
@@ -13,6 +13,12 @@ A spec names a ``family`` kind, a ``source`` and the constructor settings of tha
 Every other key goes to the family's constructor, and ``load(name, **overrides)`` replaces top-level
 keys (``load("clinc150", n_way=10, seed=1)``). Built-in specs live in the top-level ``tasks/``
 folder, shipped as the package ``metalearn.specs``.
+
+A mixture spec lists other specs (each episode comes from one of them, see ``tasks.mixture``)::
+
+    family: mixture
+    sources: [clinc150, {spec: hwu64, n_way: 10}]   # spec names or paths, each with optional overrides
+    weights: [2, 1]                                 # optional; default uniform
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ import yaml
 from . import sources
 from .classification import NWayKShot
 from .instruction import InstructionFamily
+from .mixture import Mixture
 from .procedural import Sinusoid, TextRules
 from .verbalizer import Verbalized
 
@@ -86,6 +93,10 @@ def load(name_or_path: str | os.PathLike, **overrides: Any):
     """
     spec, base = load_spec(name_or_path)
     spec.update(overrides)
+    return _build(spec, base)
+
+
+def _build(spec: dict, base: Path | None):
     family = spec.get("family")
     if family not in BUILDERS:
         raise ValueError(f"spec {spec['name']!r}: family {family!r} is unknown; use one of {sorted(BUILDERS)}")
@@ -158,6 +169,39 @@ def _instruction(spec: Mapping, base: Path | None) -> InstructionFamily:
     return InstructionFamily({spec["name"]: data}, **kwargs)
 
 
+def _mixture(spec: Mapping, base: Path | None) -> Mixture:
+    """Build every listed spec (with its overrides) and mix them; a source listed twice is refused by name."""
+    unknown = sorted(set(spec) - set(META_KEYS) - {"sources", "weights"})
+    if unknown:
+        raise ValueError(f"spec {spec['name']!r}: key(s) {unknown} are unknown for family 'mixture'; valid keys: "
+                         f"{sorted(set(META_KEYS) | {'sources', 'weights'})} (put source settings in its entry)")
+    entries = spec.get("sources")
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"spec {spec['name']!r}: a mixture needs 'sources', a list of spec names or "
+                         "{spec: NAME, <overrides>} entries")
+    families: dict[str, Any] = {}
+    for entry in entries:
+        if isinstance(entry, str):
+            ref, settings = entry, {}
+        elif isinstance(entry, Mapping) and isinstance(entry.get("spec"), str):
+            settings = {k: v for k, v in entry.items() if k != "spec"}
+            ref = entry["spec"]
+        else:
+            raise ValueError(f"spec {spec['name']!r}: source entry {entry!r} is invalid; give a spec name or "
+                             "{spec: NAME, <overrides>}")
+        if base is not None and (base / ref).is_file():  # a user's spec: paths relative to the YAML file
+            ref = str(base / ref)
+        child, child_base = load_spec(ref)
+        child.update(settings)
+        if child["name"] == spec["name"]:
+            raise ValueError(f"spec {spec['name']!r} lists itself as a source; list other specs")
+        if child["name"] in families:
+            raise ValueError(f"spec {spec['name']!r} lists the source {child['name']!r} twice; list each source "
+                             "once (give it more weight instead, or another name: {spec: ..., name: ...})")
+        families[child["name"]] = _build(child, child_base)
+    return Mixture(families, spec.get("weights"), name=spec["name"])
+
+
 def _procedural(cls: Callable) -> Callable:
     return lambda spec, base: cls(**_kwargs(spec, cls))
 
@@ -165,6 +209,7 @@ def _procedural(cls: Callable) -> Callable:
 BUILDERS: dict[str, Callable[[Mapping, Path | None], Any]] = {
     "classification": _classification,
     "instruction": _instruction,
+    "mixture": _mixture,
     "sinusoid": _procedural(Sinusoid),
     "text_rules": _procedural(TextRules),
     "verbalizer": _verbalizer,

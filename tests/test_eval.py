@@ -58,6 +58,25 @@ def test_meta_learned_init_beats_random_init_on_sinusoids():
     tuned = {(t["method"], t["steps"]) for t in results.tuning}
     assert tuned == {("fomaml", 5), ("random_init", 5)}  # every adapting method gets the search; 0 steps needs none
     assert all(set(t["val_loss"]) == {"0.3", "1.0", "3.0"} for t in results.tuning)
+    assert all(t["metric"] == "mse" and t["val_score"] == t["val_loss"] for t in results.tuning)
+
+
+def test_lr_search_chooses_by_the_reported_metric_not_the_loss(monkeypatch):
+    """Issue 13: a query-loss choice picked 3x and cut accuracy; the search must follow accuracy."""
+    table = {0.3: (0.90, 0.40), 1.0: (0.95, 0.35), 3.0: (0.80, 0.20), 10.0: (1.0, float("nan"))}  # (accuracy, nll)
+    monkeypatch.setattr(harness, "adapt", lambda learner, episode, steps, scale: ({"scale": scale}, []))
+    monkeypatch.setattr(harness, "score_params", lambda model, adapted, fast, task, generate: {
+        "accuracy": table[fast["scale"]][0], "macro_f1": 0.0, "nll": table[fast["scale"]][1]})
+    fake = type("FakeLearner", (), {"model": None, "adapted": None})()
+    task = IntentFamily().sample("val", np.random.default_rng(0))
+    episodes = [(task, (None, None))] * 3
+    best, metric, scores, losses = harness._tune(fake, episodes, 2, [0.3, 1.0, 3.0, 10.0])
+    assert (best, metric) == (1.0, "accuracy")  # the loss alone would pick 3.0; a diverged 10.0 ranks last
+    assert scores[10.0] == -float("inf") and losses[3.0] == pytest.approx(0.20)
+    table[0.3] = (0.95, 0.30)  # equal accuracy: the lower loss wins
+    assert harness._tune(fake, episodes, 2, [0.3, 1.0, 3.0])[0] == 0.3
+    table[0.3] = (0.95, 0.35)  # equal accuracy and loss: the multiplier closest to 1
+    assert harness._tune(fake, episodes, 2, [0.3, 1.0, 3.0])[0] == 1.0
 
 
 def test_every_method_runs_on_the_same_episodes_and_reruns_match():

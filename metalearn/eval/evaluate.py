@@ -8,7 +8,9 @@ The protocol, top to bottom:
    every method runs on that one list (a paired comparison), and the val tasks likewise.
 3. For every adapting method (each Learner, ``random_init``) and each step count, pick the inner
    learning rate on the **meta-validation** split: a small grid of multipliers of the method's own step
-   sizes, scored by mean query loss on ``val_episodes`` val tasks. Test tasks never influence it.
+   sizes, scored on ``val_episodes`` val tasks by the metric that is reported (accuracy for
+   classification, MSE for regression; NLL for generation, which is not decoded here), ties broken by the
+   loss, then by the multiplier closest to 1. Test tasks never influence it.
 4. Adapt on the support set only (the query set is not even encoded into the episode that adaptation
    sees), then score on the query set (``score.py``). Non-adapting baselines score once per episode.
 5. Summarize: mean and 95% interval ``mean ± 1.96·std/√n`` (sample std) per method, shot count, step
@@ -101,7 +103,7 @@ def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: Famil
              baselines: Sequence[str] = (), steps: Sequence[int] = DEFAULT_STEPS,
              shots: Optional[Sequence[int]] = None, episodes: Optional[int] = None, base: Optional[Learner] = None,
              reference: Optional[str] = None, seed: int = 0, lr_grid: Optional[Sequence[float]] = DEFAULT_LR_GRID,
-             val_episodes: int = 16, generate: bool = True, max_new_tokens: Optional[int] = None,
+             val_episodes: int = 32, generate: bool = True, max_new_tokens: Optional[int] = None,
              output_dir: Optional[str] = None, progress: bool = True) -> EvalResults:
     """Adapt each method on each held-out task's support set and score it on the query set.
 
@@ -117,7 +119,8 @@ def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: Famil
         base: the Learner whose frozen model the baselines use (default: the first method).
         reference: the method paired differences are taken against (default ``"random_init"`` if run).
         seed: seeds the test tasks (``seed``), the val tasks (``seed + 1``) and ``random_init``.
-        lr_grid: multipliers of each method's inner step sizes tried on the val split (None: no search).
+        lr_grid: multipliers of each method's inner step sizes tried on the val split (None: no search);
+            chosen per step count by the reported metric (accuracy, MSE; NLL for generation).
         val_episodes: val tasks per shot count for the search.
         generate: greedy-decode generation tasks (exact match, ROUGE, BLEU); off: NLL (and label accuracy) only.
         max_new_tokens: decoding budget; default from the support completions (never the query).
@@ -160,10 +163,11 @@ def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: Famil
                     scale = 1.0
                     if tune and s > 0:
                         bar.set_description(f"tune lr {name} K={labels[k]} steps={s}", refresh=False)
-                        scale, losses = _tune(learner, val_eps, s, lr_grid)
+                        scale, metric, scores, losses = _tune(learner, list(zip(vals[k], val_eps)), s, lr_grid)
                         tuning.append({"method": name, "shots": labels[k], "steps": s, "scale": scale,
                                        "lr": scale * learner.config.inner.lr,
                                        "learned_step_sizes": bool(learner.config.inner.learn_step_sizes),
+                                       "metric": metric, "val_score": {str(g): v for g, v in scores.items()},
                                        "val_loss": {str(g): v for g, v in losses.items()}})
                     bar.set_description(f"{name} K={labels[k]} steps={s}", refresh=False)
                     for i, (task, (support_ep, _)) in enumerate(zip(tests[k], test_eps)):
@@ -216,20 +220,36 @@ def _split_episode(learner: Learner, task: Task) -> tuple[Episode, Any]:
     return learner.episode(support_only), learner.model.encode(task.query, task.kind)
 
 
-def _tune(learner: Learner, episodes: list[tuple[Episode, Any]], steps: int,
-          grid: Sequence[float]) -> tuple[float, dict[float, float]]:
-    """The grid multiplier with the lowest mean val query loss after ``steps`` steps (non-finite: +inf)."""
-    losses: dict[float, float] = {}
+def _tune(learner: Learner, episodes: list[tuple[Task, tuple[Episode, Any]]], steps: int,
+          grid: Sequence[float]) -> tuple[float, str, dict[float, float], dict[float, float]]:
+    """The grid multiplier with the best mean val score after ``steps`` steps: (multiplier, metric, scores, losses).
+
+    The score is the metric the harness reports (``metrics.PRIMARY``) when it needs no decoding, else the
+    NLL: a query-loss choice can pick a step size that lowers the loss and ruins accuracy. Ties go to the
+    lower loss, then to the multiplier closest to 1; non-finite results rank last.
+    """
+    rows: dict[float, list[dict]] = {}
     for scale in grid:
-        values = []
-        for support_ep, query in episodes:
+        rows[float(scale)] = []
+        for task, (support_ep, _) in episodes:
             fast, _ = adapt(learner, support_ep, steps, scale)
-            with torch.no_grad():
-                values.append(float(learner.loss(fast, query, support_ep.kind)))
-        mean = float(np.mean(values))
-        losses[float(scale)] = mean if math.isfinite(mean) else math.inf
-    best = min(losses, key=lambda g: (losses[g], abs(math.log(g))))  # ties: the multiplier closest to 1
-    return best, losses
+            rows[float(scale)].append(score_params(learner.model, learner.adapted, fast, task, generate=False))
+    first = rows[float(grid[0])][0]
+    metric = metrics.PRIMARY[episodes[0][0].kind]
+    metric = metric if metric in first else "nll"
+    loss = "mse" if "mse" in first else "nll"
+    worst = -math.inf if metrics.HIGHER_IS_BETTER[metric] else math.inf
+    scores = {g: _finite_mean([r[metric] if math.isfinite(r[loss]) else worst for r in rs], worst)
+              for g, rs in rows.items()}  # a diverged episode (non-finite loss) scores worst, whatever its argmax
+    losses = {g: _finite_mean([r[loss] for r in rs], math.inf) for g, rs in rows.items()}
+    sign = -1.0 if metrics.HIGHER_IS_BETTER[metric] else 1.0
+    best = min(scores, key=lambda g: (sign * scores[g], losses[g], abs(math.log(g))))
+    return best, metric, scores, losses
+
+
+def _finite_mean(values: list[float], otherwise: float) -> float:
+    mean = float(np.mean(values))
+    return mean if math.isfinite(mean) else otherwise
 
 
 def _budget(learner: Learner, task: Task) -> int:

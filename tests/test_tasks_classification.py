@@ -130,3 +130,15 @@ def test_verbalizer_uses_a_custom_word_map():
     assert set(task.label_names) <= set(words.values())
     assert task.support["prompt"][0].endswith(" =>") and task.support["completion"][0] in words.values()
     assert isinstance(task.support["label"], torch.Tensor)
+
+
+def test_a_target_only_data_set_may_have_no_train_classes():
+    import pytest
+
+    classes = [f"c{c}" for c in range(6)]
+    fam = NWayKShot(toy(), n_way=3, k_shot=1, q_query=2, splits={"train": [], "val": classes[:3], "test": classes[3:]})
+    assert fam.classes("train") == [] and set(fam.sample("test", np.random.default_rng(0)).label_names) == set(classes[3:])
+    with pytest.raises(ValueError, match="has no 'train' classes to sample"):
+        fam.sample("train", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="split 'val' has 2 classes but n_way is up to 3"):  # too small, not empty
+        NWayKShot(toy(), n_way=3, k_shot=1, q_query=2, splits={"train": [], "val": classes[:2], "test": classes[2:]})

@@ -31,7 +31,8 @@ class NWayKShot:
         text_column, label_column: the columns to read (a ``ClassLabel`` label is turned into names).
         splits: fractions ``(train, val, test)`` assigned by a shuffle from ``seed``, or explicit
             class lists ``{"train": [...], "val": [...], "test": [...]}`` (or group lists when
-            ``split_by="group"``).
+            ``split_by="group"``). A split may be empty (e.g. no train classes for a data set used only
+            as a held-out target); sampling it is an error.
         group_by: a column name or a ``{class: group}`` mapping; when given, all classes of an
             episode come from one group.
         split_by: ``"class"`` (default) or ``"group"`` (whole groups go to one meta-split).
@@ -104,7 +105,7 @@ class NWayKShot:
             )
         max_n = self._ways[1]
         for split, classes in self._split_classes.items():
-            if self._group_of is None and len(classes) < max_n:
+            if self._group_of is None and 0 < len(classes) < max_n:  # an empty split is allowed, never sampled
                 raise ValueError(
                     f"data set {self.name!r}: split {split!r} has {len(classes)} classes but n_way is up to "
                     f"{max_n}; lower n_way or give that split more classes"
@@ -152,6 +153,8 @@ class NWayKShot:
             eligible = self._eligible(split, n)
             pool = eligible[int(rng.integers(len(eligible)))]
             group = self._group_of[pool[0]]
+        if not pool:
+            raise ValueError(f"data set {self.name!r} has no {split!r} classes to sample; give that split classes")
         chosen = [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
         support: list[tuple[int, int]] = []
         query: list[tuple[int, int]] = []

@@ -148,6 +148,7 @@ class InnerConfig:
     trainable: Optional[Sequence[str]] = None  # ANIL: substrings of the names adapted in the inner loop
     backend: str = "functional"  # "functional" (torch.func) or "higher" (plain nn.Modules only)
     task_batching: str = "auto"  # run a meta-batch's inner loops as one batched computation: "auto", "on", "off"
+    support_temperature: Optional[float] = None  # cosine head: the temperature of the inner loop's support loss
 
     def __post_init__(self) -> None:
         _check(_is_int(self.steps) and self.steps >= 0, "steps", self.steps, "use a non-negative integer")
@@ -168,6 +169,9 @@ class InnerConfig:
         self.trainable = _names(self.trainable, "trainable",
                                 "name substrings of the tensors to adapt, e.g. ['head'], or None for all")
         _check(self.backend in ("functional", "higher"), "backend", self.backend, "use 'functional' or 'higher'")
+        if self.support_temperature is not None:
+            _check(_is_positive(self.support_temperature), "support_temperature", self.support_temperature,
+                   "use a positive temperature (e.g. 0.2), or None for the head's own")
         _check(self.task_batching in ("auto", "on", "off"), "task_batching", self.task_batching,
                "use 'auto' (batch where possible), 'on' or 'off' (a Python loop over tasks)")
         if self.backend == "higher":
@@ -257,6 +261,10 @@ class RunConfig:
                              "backend='functional'")
         if method == "fomaml":
             self.inner.order = "first"
+        if self.inner.support_temperature is not None and self.adapter.head_metric != "cosine":
+            raise ValueError(f"inner.support_temperature={self.inner.support_temperature!r} is invalid with "
+                             f"adapter.head_metric={self.adapter.head_metric!r}: it is the temperature of a cosine "
+                             "head; set head_metric='cosine' or support_temperature=None")
         if method == "anil" and not self.inner.trainable:
             raise ValueError("inner.trainable=None is invalid for method='anil': name the tensors adapted in the "
                              "inner loop, e.g. trainable=['head'] or ['prompt_encoder']")

@@ -7,6 +7,8 @@ head initialized from prototypes (ProtoMAML) is adapted and differentiated like 
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
@@ -28,20 +30,22 @@ def outputs(model: TaskModel, params: Params, batch: Batch) -> torch.Tensor:
                            strict=False)
 
 
-def logits(model: TaskModel, params: Params, batch: Batch) -> torch.Tensor:
+def logits(model: TaskModel, params: Params, batch: Batch, temperature: Optional[float] = None) -> torch.Tensor:
     """Classification logits (batch, n_way) from pooled features and the head in ``params``.
 
     ``model.head_metric == "cosine"``: cos(feature, head row) / temperature (Chen et al. 2019's
-    cosine classifier); otherwise a linear layer on the features.
+    cosine classifier; ``temperature`` replaces the model's own); otherwise a linear layer on the features.
     """
     feats = outputs(model, params, batch)  # (batch, hidden)
     if model.head_metric == "cosine":
-        return F.normalize(feats, dim=-1) @ F.normalize(params["head.weight"], dim=-1).t() / model.head_temperature
+        scale = model.head_temperature if temperature is None else temperature
+        return F.normalize(feats, dim=-1) @ F.normalize(params["head.weight"], dim=-1).t() / scale
     return F.linear(feats, params["head.weight"], params.get("head.bias"))
 
 
-def task_loss(model: TaskModel, params: Params, batch: Batch, kind: str) -> torch.Tensor:
-    """MSE (regression), cross-entropy (classification) or completion-only NLL (generation)."""
+def task_loss(model: TaskModel, params: Params, batch: Batch, kind: str,
+              temperature: Optional[float] = None) -> torch.Tensor:
+    """MSE (regression), cross-entropy (classification; a cosine head at ``temperature`` if given) or completion NLL."""
     if kind == "regression":
         out = outputs(model, params, batch)
         if out.shape != batch["y"].shape:
@@ -50,7 +54,7 @@ def task_loss(model: TaskModel, params: Params, batch: Batch, kind: str) -> torc
                              f"shape of the outputs (e.g. y.reshape{tuple(out.shape)})")
         return F.mse_loss(out, batch["y"])
     if kind == "classification":
-        return F.cross_entropy(logits(model, params, batch), batch["label"])
+        return F.cross_entropy(logits(model, params, batch, temperature), batch["label"])
     return outputs(model, params, batch)
 
 

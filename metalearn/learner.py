@@ -96,6 +96,15 @@ class Learner:
     def loss(self, params: Params, batch: Batch, kind: str) -> torch.Tensor:
         return task_loss(self.model, params, batch, kind)
 
+    def support_loss(self, params: Params, batch: Batch, kind: str) -> torch.Tensor:
+        """The inner loop's loss: ``loss``, with a cosine head at ``inner.support_temperature`` when set.
+
+        In a 1-shot episode each support example is its own prototype, so at the head's low temperature
+        (e.g. 0.05) the support loss is ~0 and the inner loop has no gradient; a higher temperature here
+        (the query loss and predictions keep the head's own) gives it one.
+        """
+        return task_loss(self.model, params, batch, kind, self.config.inner.support_temperature)
+
     def start_params(self, episode: Episode, init: Optional[Params] = None) -> Params:
         """The parameters a task starts from: the init, plus a prototype head when asked for.
 
@@ -120,7 +129,7 @@ class Learner:
         step_sizes = self.step_sizes
         if steps > inner.steps and inner.per_step:  # beyond the learned schedule: keep the last step size
             step_sizes = {n: torch.cat([t, t[-1:].expand(steps - inner.steps)]) for n, t in step_sizes.items()}
-        fast, losses = unroll(lambda p: self.loss(p, episode.support, episode.kind), params, step_sizes,
+        fast, losses = unroll(lambda p: self.support_loss(p, episode.support, episode.kind), params, step_sizes,
                               self.optimizer, steps, order or inner.order, inner.truncate, inner.checkpoint,
                               trainable, on_loss)
         return fast, [float(loss) for loss in losses]

@@ -152,3 +152,15 @@ def test_batched_second_order_graph_is_at_most_meta_batch_times_the_loops():
     learner.config.inner.task_batching = "on"
     batched = saved_bytes_during(lambda: algorithms.meta_gradient(learner, episodes, "maml"))
     assert batched <= len(episodes) * one_task
+
+
+def test_batched_equals_loop_with_a_support_temperature():
+    from transformers import LlamaModel
+
+    from metalearn.base import byte_tokenizer
+
+    config = make_config(method="maml", inner_steps=2, lora_r=2, init_lora_weights="gaussian", head="prototype",
+                         head_metric="cosine", support_temperature=0.4, model_type="encoder",
+                         attn_implementation="eager", target_modules=["q_proj", "v_proj"])
+    learner = build_learner(config, LlamaModel(small_llama().config), byte_tokenizer())
+    assert_same(*both_ways(learner, [learner.episode(t) for t in sentiment_tasks()], "maml"))

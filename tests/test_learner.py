@@ -150,3 +150,42 @@ def test_generation_keeps_the_end_of_an_overlong_prompt_like_training():
     outputs = adapted.generate(long_prompts, max_new_tokens=4)
     tails = adapted.generate([p[-20:] for p in long_prompts], max_new_tokens=4)  # 24 - 4 new tokens kept
     assert outputs == tails and len(outputs) == len(long_prompts)
+
+
+def test_support_temperature_gives_the_one_shot_inner_loop_a_loss():
+    """Issue 13: at 1-shot each support example is its own prototype; on a real encoder a cosine head at 0.05 has ~0
+    support loss (all-MiniLM-L6-v2: < 1e-4), so the inner loop is idle. A support temperature sets the inner loss only."""
+    import torch.nn.functional as F
+
+    from metalearn.base import byte_tokenizer
+    from metalearn.functional import outputs
+    from metalearn.tasks import Task
+    from tests.helpers import small_bert
+
+    rows = {"text": ["please play some music", "set an alarm for six", "what is the weather"], "label": [0, 1, 2]}
+    task = Task(rows, {"text": ["play a song", "wake me at seven", "is it raining"], "label": [0, 1, 2]},
+                "classification")
+    settings = dict(method="fomaml", inner_steps=1, lora_r=2, target_modules=["query", "value"], head="prototype",
+                    head_metric="cosine", head_temperature=0.05)
+    idle = build_learner(make_config(**settings), small_bert(), byte_tokenizer())
+    warm = build_learner(make_config(support_temperature=0.5, **settings), small_bert(), byte_tokenizer())
+    episode = warm.episode(task)
+    params = warm.start_params(episode)
+    with torch.no_grad():
+        cos = F.normalize(outputs(warm.model, params, episode.support), dim=-1) @ F.normalize(
+            params["head.weight"], dim=-1).t()  # (3 support, 3 classes); the diagonal is 1
+        query_cos = F.normalize(outputs(warm.model, params, episode.query), dim=-1) @ F.normalize(
+            params["head.weight"], dim=-1).t()
+        labels = episode.support["label"]
+        assert float(warm.support_loss(params, episode.support, "classification")) == pytest.approx(
+            float(F.cross_entropy(cos / 0.5, labels)), rel=1e-5)
+        assert float(warm.loss(params, episode.query, "classification")) == pytest.approx(  # the query keeps 0.05
+            float(F.cross_entropy(query_cos / 0.05, episode.query["label"])), rel=1e-5)
+    _, warm_losses = warm.inner_adapt(episode, steps=1, order="first")
+    _, idle_losses = idle.inner_adapt(idle.episode(task), steps=1, order="first")
+    assert warm_losses[0] == pytest.approx(float(F.cross_entropy(cos / 0.5, labels)), rel=1e-5)
+    assert idle_losses[0] == pytest.approx(float(F.cross_entropy(cos / 0.05, labels)), rel=1e-4)  # default: the head's
+    with pytest.raises(ValueError, match="support_temperature=0.5 is invalid with adapter.head_metric='euclidean'"):
+        make_config(method="fomaml", head="prototype", support_temperature=0.5)
+    with pytest.raises(ValueError, match="support_temperature=-1"):
+        make_config(support_temperature=-1)

@@ -83,8 +83,11 @@ def meta_gradient(learner: Learner, plan: Plan, method: str) -> tuple[Grads, lis
     def task_loss(params: Params, batch: Batch) -> torch.Tensor:
         return learner.loss(params, batch, kind)
 
-    def losses(params: Params, batch: Batch) -> torch.Tensor:  # (tasks,)
-        return vmap(task_loss, randomness="different")(params, batch)
+    def support_loss(params: Params, batch: Batch) -> torch.Tensor:
+        return learner.support_loss(params, batch, kind)
+
+    def losses(params: Params, batch: Batch, loss=task_loss) -> torch.Tensor:  # (tasks,)
+        return vmap(loss, randomness="different")(params, batch)
 
     def start(params: Params, support: Batch) -> Params:  # e.g. a prototype head from the support set
         return learner.start_params(Episode(support, support, kind, n_way), params)
@@ -92,7 +95,7 @@ def meta_gradient(learner: Learner, plan: Plan, method: str) -> tuple[Grads, lis
     params = vmap(start, randomness="different")(init, plan.support)
     trainable = learner.trainable_names(params)
     reptile = method == "reptile"
-    fast, support_losses = unroll_batched(lambda p: losses(p, plan.support), params, sizes, learner.optimizer,
+    fast, support_losses = unroll_batched(lambda p: losses(p, plan.support, support_loss), params, sizes, learner.optimizer,
                                           inner.steps, "first" if reptile else inner.order, inner.truncate,
                                           inner.checkpoint, trainable)
     if reptile:

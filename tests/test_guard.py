@@ -43,3 +43,77 @@ def test_transfer_target_overlapping_meta_training_classes_is_refused():
     guard.check_held_out(source, source)  # its own test split is held out
     with pytest.raises(ValueError, match="margin"):
         guard.choose(encoder_learner(), IntentFamily(), margin=-1)
+
+
+# ---------------------------------------------------------------- per task, from the support set alone
+
+
+def two_shot_task(query_text=None):
+    from metalearn.tasks import Task
+
+    support = {"text": ["please alarm now", "alarm me please", "play music now", "some music please",
+                        "taxi for me now", "call a taxi please"], "label": torch.tensor([0, 0, 1, 1, 2, 2])}
+    query = {"text": query_text or ["alarm at six", "music loud", "taxi home"], "label": torch.tensor([0, 1, 2])}
+    return Task(support, query, "classification", task_id="toy", label_names=("alarm", "music", "taxi"))
+
+
+def test_support_folds_hold_out_one_example_per_class():
+    task = two_shot_task()
+    folds = guard.support_folds(task)
+    assert len(folds) == 2 and len(guard.support_folds(task, folds=1)) == 1
+    held = []
+    for fold in folds:
+        assert sorted(fold.query["label"].tolist()) == [0, 1, 2] and sorted(fold.support["label"].tolist()) == [0, 1, 2]
+        assert not set(fold.query["text"]) & set(fold.support["text"])
+        held += fold.query["text"]
+    assert sorted(held) == sorted(task.support["text"])  # every support example is held out once
+    one_shot = type(task)({k: v[::2] for k, v in task.support.items()}, task.query, "classification", task_id="k1")
+    with pytest.raises(ValueError, match="needs K >= 2; at K = 1 decide per family"):
+        guard.support_folds(one_shot)
+
+
+def test_decide_never_reads_the_query_and_refuses_damaged_adapters():
+    learner = encoder_learner(init_lora_weights="gaussian")
+    with torch.no_grad():
+        for name, t in learner.init.items():
+            t.copy_(torch.randn_like(t) * 3.0)  # adapters that scramble the features
+    damaged = guard.decide_tasks(learner, [two_shot_task()], steps=0)[0]
+    assert damaged["use"] == "foundation" and damaged["folds"] == 2
+    acc = damaged["held_out_accuracy"]
+    assert acc["foundation"] > acc["meta"] or damaged["held_out_nll"]["foundation"] < damaged["held_out_nll"]["meta"]
+    other_query = guard.decide_tasks(learner, [two_shot_task(["x", "y", "z"])], steps=0)[0]
+    assert other_query["held_out_accuracy"] == acc and other_query["held_out_nll"] == damaged["held_out_nll"]
+    same = encoder_learner()  # LoRA B = 0 and no adaptation: the foundation's own predictions; a tie keeps the init
+    tie = guard.decide_tasks(same, [two_shot_task()], steps=0)[0]
+    assert tie["held_out_accuracy"]["meta"] == tie["held_out_accuracy"]["foundation"] and tie["use"] == "meta"
+
+
+def test_combine_takes_each_episode_from_the_chosen_method():
+    from metalearn.eval.evaluate import EvalResults
+
+    records = [{"method": m, "shots": 5, "steps": 3, "episode": i, "task_id": f"t{i}", "accuracy": acc}
+               for i in range(4) for m, acc in (("meta", 1.0), ("prototypes", 0.5))]
+    settings = {"methods": ["meta", "prototypes"], "reference": "prototypes"}
+    results = EvalResults(records, [], [], [], settings)
+    choices = [{"use": u, "task_id": f"t{i}"} for i, u in enumerate(["meta", "foundation", "meta", "foundation"])]
+    guarded = guard.combine(results, "meta", "prototypes", 3, choices)
+    mean, _ = guarded.score("meta+guard", "accuracy", 3, shots=5)
+    diff, _ = guarded.diff("meta+guard", "accuracy", 3, shots=5)
+    assert mean == pytest.approx(0.75) and diff == pytest.approx(0.25)
+    assert [r["guard"] for r in guarded.records if r["method"] == "meta+guard"] == [c["use"] for c in choices]
+    with pytest.raises(ValueError, match="made for task 'other'"):
+        guard.combine(results, "meta", "prototypes", 3, [{"use": "meta", "task_id": "other"}] * 4)
+    with pytest.raises(ValueError, match="no 'meta' or 'prototypes' records at 1 steps"):
+        guard.combine(results, "meta", "prototypes", 1, choices)
+
+
+def test_held_out_check_looks_inside_a_mixture_at_the_same_data_set_only():
+    from metalearn.tasks import mix
+
+    rows = {"text": [f"t{i}" for i in range(40)], "label": [f"c{i % 8}" for i in range(40)]}
+    source = NWayKShot(rows, n_way=2, k_shot=1, q_query=1, splits=(0.5, 0.25, 0.25), seed=0, name="intents")
+    other = NWayKShot(rows, n_way=2, k_shot=1, q_query=1, splits=(0.5, 0.25, 0.25), seed=1, name="other")
+    target = NWayKShot(rows, n_way=2, k_shot=1, q_query=1, splits=(0.25, 0.25, 0.5), seed=1, name="intents")
+    with pytest.raises(ValueError, match="not held out"):
+        guard.check_held_out(mix([source, other]), target)
+    guard.check_held_out(mix([other]), target)  # the same class names in another data set are other classes

@@ -157,7 +157,7 @@ def transfer_matrix(rows: list[dict], steps: list[int], out: str) -> str:
     Rows are methods, columns the targets (same family held out, a near family, a far one). Also drawn
     as a heat-map PNG (``transfer_matrix.png``).
     """
-    from metalearn.plots import _pyplot
+    from metalearn.plots import difference_heatmap
 
     paired = [r for r in rows if r.get("paired") and r["steps"] == max(steps)]
     targets = list(dict.fromkeys(r["setting"] for r in paired))
@@ -167,22 +167,8 @@ def transfer_matrix(rows: list[dict], steps: list[int], out: str) -> str:
     for m in methods:
         lines.append(f"| {m} | " + " | ".join("{:+.1f} ± {:.1f}".format(*cell[m, t]) if (m, t) in cell else ""
                                               for t in targets) + " |")
-    plt = _pyplot()
-    grid = [[cell.get((m, t), (float("nan"), 0))[0] for t in targets] for m in methods]
-    fig, ax = plt.subplots(figsize=(1.6 * len(targets) + 2, 0.6 * len(methods) + 1.5))
-    limit = max(abs(v) for row in grid for v in row if v == v) or 1.0
-    image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit)
-    ax.set_xticks(range(len(targets)), [t.replace("_", "\n", 1) for t in targets], fontsize=8)
-    ax.set_yticks(range(len(methods)), methods)
-    for i, m in enumerate(methods):
-        for j, t in enumerate(targets):
-            if (m, t) in cell:
-                ax.text(j, i, "{:+.1f}\n±{:.1f}".format(*cell[m, t]), ha="center", va="center", fontsize=7)
-    fig.colorbar(image, label="accuracy points vs frozen foundation")
-    ax.set_title("meta-trained on CLINC150: transfer vs the frozen encoder")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "transfer_matrix.png"), dpi=120)
-    plt.close(fig)
+    difference_heatmap(cell, methods, targets, os.path.join(out, "transfer_matrix.png"),
+                       "meta-trained on CLINC150: transfer vs the frozen encoder")
     return "\n".join(lines)
 
 

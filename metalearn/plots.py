@@ -32,3 +32,26 @@ def training_curve(records: list[dict], path: str) -> None:
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def difference_heatmap(cells: dict[tuple[str, str], tuple[float, float]], rows: list[str], columns: list[str],
+                       path: str, title: str, label: str = "accuracy points vs frozen foundation") -> None:
+    """A diverging heat-map: cell (row, column) holds a paired difference and its 95% half-width (``mean ± ci``)."""
+    plt = _pyplot()
+    grid = [[cells.get((r, c), (float("nan"), 0.0))[0] for c in columns] for r in rows]
+    fig, ax = plt.subplots(figsize=(1.6 * len(columns) + 2.5, 0.6 * len(rows) + 1.8))
+    limit = max([abs(v) for row in grid for v in row if v == v] + [1e-9]) or 1.0
+    image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit)
+    ax.set_xticks(range(len(columns)), [c.replace("_", "\n", 1).replace(" ", "\n", 1) for c in columns], fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(columns):
+            if (r, c) in cells:
+                ax.text(j, i, "{:+.1f}\n±{:.1f}".format(*cells[r, c]), ha="center", va="center", fontsize=7)
+    fig.colorbar(image, label=label)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,61 @@
+"""The leave-one-data-set-out example: --quick end to end on the real encoder and data; rows and bad input."""
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def example():
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    try:
+        import leave_one_out
+    finally:
+        sys.path.pop(0)
+    return leave_one_out
+
+
+def test_leave_one_out_quick(tmp_path):
+    out = tmp_path / "loo"
+    example().main(["--quick", "--quiet", "--output-dir", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [r for r in summary["rows"] if not r.get("paired")]
+    assert {r["cell"] for r in rows} == {"huffpost 5w1s", "huffpost 5w2s"}
+    methods = {r["method"] for r in rows}
+    assert {"protomaml", "protonet", "finetune", "random_init", "prototypes", "linear_probe", "protomaml+guard"} == methods
+    assert all(0.0 <= r["mean"] <= 1.0 for r in rows)
+    paired = [r for r in summary["rows"] if r.get("paired")]
+    assert {r["reference"] for r in paired} == {"prototypes", "protonet (0 steps)", "protonet (1 steps)"}
+    assert summary["guard"]["huffpost 5w2s"]["kind"].startswith("per task")  # K = 2: decided from each support set
+    assert summary["guard"]["huffpost 5w1s"]["kind"].startswith("per target")
+    table = (out / "summary.md").read_text()
+    assert "| protomaml+guard (1 step) |" in table and "ProtoMAML − ProtoNet" in table and "wall time" in table
+    assert (out / "loo_heatmap.png").stat().st_size > 1000
+    saved = json.loads((out / "huffpost_loo" / "huffpost_5way_2shot" / "results.json").read_text())
+    assert {r["method"] for r in saved["records"]} >= {"protomaml+guard", "finetune"}
+
+
+def test_rows_sources_and_targets():
+    loo = example()
+    rows = loo.parse_rows("hwu64,fewrel=clinc150+huffpost", "clinc150", list(loo.DATASETS))
+    assert [(r.target, r.sources, r.in_domain) for r in rows] == [
+        ("hwu64", ["clinc150", "fewrel", "huffpost"], False), ("fewrel", ["clinc150", "huffpost"], False),
+        ("clinc150", ["clinc150", "hwu64", "fewrel", "huffpost"], True)]
+    with pytest.raises(ValueError, match="target 'hwu64' is also a source"):
+        loo.parse_rows("hwu64=hwu64+clinc150", "", list(loo.DATASETS))
+    with pytest.raises(ValueError, match="target 'hwu64' is also a source"):  # refused before any work or file
+        loo.main(["--targets", "hwu64=clinc150+hwu64", "--output-dir", os.path.join(ROOT, "runs", "never")])
+    assert not os.path.exists(os.path.join(ROOT, "runs", "never"))
+    args = type("Args", (), {"train_queries": 5, "train_ways": 10, "train_shots": (1, 5)})()
+    in_domain = loo.sources_for(rows[2], args)
+    clinc = loo.conventional("clinc150")
+    assert set(in_domain.sources["clinc150"].classes("train")) == set(clinc.classes("train"))  # train intents only
+    assert len(in_domain.sources["fewrel"].classes("train")) == 16  # a source data set gives all its classes
+    target = loo.target_for(rows[2], 15, 1)
+    assert target.classes("test") == clinc.classes("test") and target.classes("val") == clinc.classes("val")
+    held_out = loo.target_for(rows[0], 15, 1)  # HWU64 left out: every non-test intent can validate
+    hwu = loo.conventional("hwu64")
+    assert set(held_out.classes("val")) == set(hwu.classes("train") + hwu.classes("val")) and not held_out.classes("train")
+    assert loo.target_for(rows[1], 15, 1) is None  # FewRel has 6 test relations: no 15-way cell

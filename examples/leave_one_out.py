@@ -8,12 +8,14 @@ training intents plus the other three data sets and tests on CLINC150's held-out
 
 Methods, each cell a paired difference from the frozen encoder (cosine prototypes) with its 95% interval:
 
-* ``protomaml``: the meta-learned init (LoRA + soft prompt, cosine prototype head) with its inner loop;
+* ``protomaml``: the meta-learned init (LoRA, cosine prototype head; ``--prompt-tokens`` adds a soft prompt) with
+  its inner loop (support loss at ``--support-temperature``);
 * ``protonet``: the same adapters, sources and budget, trained with the prototypical loss (0 steps, and
   fine-tuned like the others);
 * ``finetune``: fine-tuning from the foundation, fresh LoRA (B = 0) + a prototype-initialized head trained on
   the support set (the strong transfer baseline of Chen et al. 2019, "A Closer Look at Few-shot Classification");
-* ``random_init``: random-init PEFT (LoRA + a random soft prompt) fine-tuned the same way;
+* ``random_init``: random-init PEFT (LoRA with a random A and B = 0, plus a random soft prompt if any) fine-tuned
+  the same way;
 * ``prototypes`` / ``linear_probe``: the frozen encoder;
 * ``protomaml+guard``: per task from its support set at K >= 2 (leave-one-shot-out folds), per target on its
   validation classes at K = 1 (``metalearn.eval.guard``).
@@ -254,10 +256,12 @@ def main(argv=None) -> None:
     parser.add_argument("--train-queries", type=int, default=5, help="query examples per class when meta-training")
     parser.add_argument("--inner-steps", type=int, default=1, help="ProtoMAML inner steps during meta-training")
     parser.add_argument("--inner-lr", type=float, default=0.5, help="inner learning rate (searched at evaluation)")
-    parser.add_argument("--support-temperature", type=float, default=None,
-                        help="cosine-head temperature of the inner loop's support loss (default: the head's 0.05)")
+    parser.add_argument("--support-temperature", type=float, default=0.2,
+                        help="cosine-head temperature of the inner loop's support loss (the head's own is 0.05, at "
+                        "which a 1-shot support loss is ~0 and even a 5-shot one ~0.003)")
     parser.add_argument("--meta-lr", type=float, default=1e-3)
-    parser.add_argument("--prompt-tokens", type=int, default=4)
+    parser.add_argument("--prompt-tokens", type=int, default=0,
+                        help="soft prompt length; 0 (LoRA only, B = 0) starts meta-training at the frozen foundation")
     parser.add_argument("--guard-folds", type=int, default=5, help="support folds of the per-task guard (K >= 2)")
     parser.add_argument("--guard-episodes", type=int, default=100,
                         help="validation episodes of the per-target guard (K = 1)")

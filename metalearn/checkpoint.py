@@ -61,12 +61,6 @@ def load(path: str) -> dict[str, Any]:
     path = resolve(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path!r}: pass the file or the run folder that holds {FILE}")
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    if magic == b"PK" or magic[:1] == b"\x80":  # a torch.save zip or a raw pickle
-        raise ValueError(f"checkpoint {path!r} is a pickle (torch.save) file; metalearn does not unpickle "
-                         "checkpoints, because unpickling can run arbitrary code. Resume only from the "
-                         f"{FILE} that metalearn writes, or start the run again")
     try:
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata() or {}
@@ -78,9 +72,21 @@ def load(path: str) -> dict[str, Any]:
             raise ValueError(f"format {state['format']!r} is not {FORMAT}")
         state = _decode(state, tensors)
     except Exception as err:
+        if _is_pickle(path):
+            raise ValueError(f"checkpoint {path!r} is a pickle (torch.save) file; metalearn does not unpickle "
+                             "checkpoints, because unpickling can run arbitrary code. Resume only from the "
+                             f"{FILE} that metalearn writes, or start the run again") from None
         raise ValueError(f"checkpoint {path!r} is damaged or not a metalearn checkpoint ({type(err).__name__}: "
                          f"{err}); resume from an earlier copy or start again") from None
     return state
+
+
+def _is_pickle(path: str) -> bool:
+    """A torch.save zip or a raw pickle, by its first bytes (asked only of a file safetensors cannot read:
+    a safetensors file starts with its header length, whose first byte may be anything, 0x80 included)."""
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    return magic == b"PK" or magic[:1] == b"\x80"
 
 
 def restore(state: dict, *, meta: dict, optimizer, scheduler, rng: np.random.Generator) -> None:

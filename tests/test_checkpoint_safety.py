@@ -99,3 +99,20 @@ def test_an_old_pickled_run_folder_names_the_problem(tmp_path):
     torch.save({"step": 1}, tmp_path / "checkpoint.pt")  # harmless, but still a pickle
     with pytest.raises(ValueError, match="does not unpickle checkpoints, because unpickling can run arbitrary code"):
         checkpoint.load(str(tmp_path))
+
+
+@pytest.mark.parametrize("first_byte", [0x80, ord("P")])
+def test_a_checkpoint_whose_header_length_looks_like_a_pickle_still_loads(tmp_path, first_byte):
+    """A safetensors file starts with its header length: its first byte can be 0x80 (a pickle's opcode) or 'P'."""
+    meta = {"w": torch.zeros(2, requires_grad=True)}
+    optimizer, scheduler = make_optimizer(meta, OuterConfig(lr=1e-2))
+    path = str(tmp_path / checkpoint.FILE)
+    for pad in range(256):  # pad the JSON metadata until the header length's low byte is the one asked for
+        checkpoint.save(path, step=1, meta=meta, optimizer=optimizer, scheduler=scheduler,
+                        rng=np.random.default_rng(0), history=[], config={"pad": "x" * pad})
+        with open(path, "rb") as f:
+            if f.read(1)[0] == first_byte:
+                break
+    else:
+        pytest.fail(f"no padding gave a header length starting with {first_byte:#x}")
+    assert checkpoint.load(path)["config"]["pad"] == "x" * pad

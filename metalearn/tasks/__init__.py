@@ -18,8 +18,8 @@ is a runnable one.
 
 Built-in families: :class:`NWayKShot` (N-way K-shot text classification), :class:`Verbalized` (the
 same as prompt -> label word), :class:`InstructionFamily` (data sets x prompt templates),
-:class:`Sinusoid` and :class:`TextRules` (procedural, no data), and :func:`mix` (a :class:`Mixture`:
-each episode from one of several families, as in Meta-Dataset). :func:`load` builds one from a
+:class:`Sinusoid`, :class:`TextRules` and :class:`Substitution` (procedural, no data), and :func:`mix` (a
+:class:`Mixture`: each episode from one of several families, as in Meta-Dataset). :func:`load` builds one from a
 declarative spec: ``load("clinc150", n_way=10)``; :func:`available` lists the built-in specs.
 """
 from .classification import NWayKShot
@@ -28,6 +28,7 @@ from .mixture import Mixture, check_target, mix
 from .procedural import RULES, Sinusoid, TextRules
 from .sources import data_dir
 from .specs import available, load
+from .substitution import Substitution
 from .task import KINDS, SPLITS, Task, TaskFamily, check_family
 from .verbalizer import Verbalized
 
@@ -40,6 +41,7 @@ __all__ = [
     "RULES",
     "SPLITS",
     "Sinusoid",
+    "Substitution",
     "Task",
     "TaskFamily",
     "TextRules",

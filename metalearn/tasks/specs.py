@@ -2,7 +2,7 @@
 
 A spec names a ``family`` kind, a ``source`` and the constructor settings of that family::
 
-    family: classification          # classification | verbalizer | instruction | sinusoid | text_rules | mixture
+    family: classification          # classification | verbalizer | instruction | sinusoid | text_rules | substitution | mixture
     source: {reader: clinc150}      # or {files: data/*.csv, format: csv} or {hub: clinc_oos, name: plus}
     columns: {text: text, label: intent}
     n_way: 5
@@ -35,6 +35,7 @@ from .classification import NWayKShot
 from .instruction import InstructionFamily
 from .mixture import Mixture
 from .procedural import Sinusoid, TextRules
+from .substitution import Substitution
 from .verbalizer import Verbalized
 
 __all__ = ["available", "load", "load_spec"]
@@ -211,6 +212,7 @@ BUILDERS: dict[str, Callable[[Mapping, Path | None], Any]] = {
     "instruction": _instruction,
     "mixture": _mixture,
     "sinusoid": _procedural(Sinusoid),
+    "substitution": _procedural(Substitution),
     "text_rules": _procedural(TextRules),
     "verbalizer": _verbalizer,
 }

@@ -1,27 +1,30 @@
-"""Meta-learned LoRA + soft-prompt init for a causal LM on a generative instruction family, vs random-init
-PEFT and a multi-task init, on a frozen NF4 (4-bit) base.
+"""Meta-learned LoRA + soft-prompt init for a causal LM on a generative family, vs a multi-task init,
+random-init PEFT, the frozen base and in-context examples, on a frozen NF4 (4-bit) base.
 
-Default: the procedural ``text_rules`` family (``abc=`` -> ``cba``; rules like rotate-by-k, Caesar shift,
-a random alphabet permutation, ``(a*x+b) mod 10``; the test rule instances never occur in training) and
-a tiny Llama built from a config with a byte-level tokenizer. A randomly initialized tiny Llama knows
-nothing, so the script first **pretrains the whole tiny model briefly** with plain causal-LM training
-on strings from the family's *train* tasks, saves it with ``save_pretrained`` and reloads it frozen in
-NF4. That model stands in for a pretrained foundation model; it is not one, and the numbers say what a
-few minutes of CPU pretraining make possible, nothing about real LMs.
+Default: the procedural ``substitution`` family (each task is a new letter table, a Caesar shift, affine
+map or permutation of ``abcdef``, applied letter by letter: ``abcd=`` -> ``cafb``; 8 support examples hold
+every letter, so they reveal the table; the test tables never occur in training) and a tiny Llama with a
+byte-level tokenizer. No pretrained LM is reachable offline, so the script first **pretrains the tiny
+model** (``metalearn.pretrain``) on the family's *train* tables only, each example preceded by its table
+written as a 6-token code: the base learns to apply a table it is told. Few-shot tasks never tell it; the
+adapters must find the table from the 8 examples. The base is cached by its config and family
+(``--cache-dir``), saved with ``save_pretrained`` and reloaded frozen in NF4.
 
-Then, on the frozen NF4 base with LoRA (q/v projections) and a soft prompt:
-* ``fomaml``    first-order MAML (``--methods`` takes any of maml, fomaml, reptile, multitask),
+Then, on the frozen NF4 base with LoRA (q/v projections) and a 6-token soft prompt (in front of BOS, where
+the code sat in pretraining):
+* ``maml`` / ``fomaml`` second- / first-order MAML (``--methods`` takes any of maml, fomaml, reptile, multitask),
 * ``multitask`` one LoRA + prompt trained jointly on all train tasks (the transfer baseline),
 * ``random_init`` a fresh peft init (LoRA B = 0, random prompt) fine-tuned with the same inner loop,
-* ``zero_shot`` the frozen base, no adapters,
+* ``zero_shot`` the frozen base, no adapters; ``in_context`` the frozen base with the 8 examples in its prompt,
 are adapted on the support set of held-out test tasks and scored by greedy-decoding exact match,
 ROUGE-L and completion NLL after 0, 1, 2, 5 and 10 inner steps (inner lr per method and step count
-picked on val tasks, from a small grid).
+picked on val tasks, from a small grid). The table ends with paired differences maml - multitask and
+multitask - random_init (the issue-16 goal).
 
-    python examples/text_rules.py                    # the full run on CPU (about 15 minutes)
-    python examples/text_rules.py --quick            # a smoke run in under a minute
+    python examples/text_rules.py                    # the full run on CPU (about 20 minutes)
+    python examples/text_rules.py --quick            # a smoke run (a few minutes the first time, then cached)
+    python examples/text_rules.py --family text_rules   # the older rule family (reverse, sort, ...)
     python examples/text_rules.py --quick --family instruction_induction   # the path on a real family
-    python examples/text_rules.py --quick --family dialogsum
 
 With a GPU and the Hugging Face Hub, any causal LM by name (no pretraining step then)::
 
@@ -29,10 +32,9 @@ With a GPU and the Hugging Face Hub, any causal LM by name (no pretraining step 
         --meta-steps 500 --meta-batch 4 --episodes 100
     python examples/text_rules.py --model Qwen/Qwen2.5-0.5B --family dialogsum --max-length 512
 
-Writes into ``--output-dir`` (default ``runs/text_rules``): ``table.md``, ``results.json``, ``steps.png``
-(exact match and NLL vs inner steps), ``eval/`` (the harness's full report), ``train/<method>/``
-(meta-training logs and curves) and, for the tiny model, ``base/`` (the pretrained base) and
-``pretrain.png``.
+Writes into ``--output-dir`` (default ``runs/<family>``): ``table.md``, ``results.json``, ``steps.png``
+(exact match, ROUGE-L and NLL vs inner steps), ``eval/`` (the harness's full report), ``train/<method>/``
+(meta-training logs and curves) and, for the tiny model, ``pretrain.png``.
 """
 from __future__ import annotations
 
@@ -47,57 +49,11 @@ import numpy as np
 import torch
 
 import metalearn
-from metalearn.base import byte_tokenizer, tiny_llama
+from metalearn.eval.metrics import paired_ci
+from metalearn.pretrain import PretrainConfig, pretrained_base, table_accuracy
 from metalearn.tasks import load
 
 METHODS = ("maml", "fomaml", "reptile", "multitask")
-
-
-# ---------------------------------------------------------------- the stand-in foundation model
-
-
-def pretrain_tiny_base(family, path: str, steps: int, hidden: int, layers: int, batch: int, lr: float, seed: int,
-                       max_length: int) -> dict:
-    """Plain causal-LM training of a whole tiny Llama on ``prompt + completion`` strings of train tasks.
-
-    The strings come only from the family's train split (for text_rules: train rule instances), so the
-    held-out test rules stay unseen. The model and the byte tokenizer are saved to ``path``.
-    """
-    tok = byte_tokenizer()
-    model = tiny_llama(vocab_size=128, hidden_size=hidden, layers=layers, heads=4, seed=seed)
-    model.set_attn_implementation("sdpa")  # faster for plain training; the saved config does not keep it
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s / max(steps, 1), 1.0))))
-    rng = np.random.default_rng(seed + 7)
-    losses, start = [], time.time()
-    for step in range(steps):
-        rows: list[str] = []
-        while len(rows) < batch:
-            task = family.sample("train", rng)
-            for part in (task.support, task.query):
-                rows += [p + c for p, c in zip(part["prompt"], part["completion"])]
-        ids = [([tok.bos_token_id] + tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])[:max_length]
-               for r in rows[:batch]]
-        width = max(len(r) for r in ids)
-        x = torch.full((len(ids), width), tok.pad_token_id)  # (batch, seq)
-        labels = torch.full((len(ids), width), -100)
-        for i, r in enumerate(ids):
-            x[i, :len(r)] = torch.tensor(r)
-            labels[i, :len(r)] = torch.tensor(r)
-        loss = model(input_ids=x, attention_mask=(labels != -100).long(), labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-    model.eval()
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return {"steps": steps, "seconds": time.time() - start, "losses": losses,
-            "params": sum(p.numel() for p in model.parameters()), "hidden": hidden, "layers": layers}
 
 
 # ---------------------------------------------------------------- meta-training and evaluation
@@ -143,6 +99,31 @@ def table(results, metrics: list[str], steps: list[int], title: str) -> str:
     return "\n".join(lines)
 
 
+def paired(results, a: str, b: str, metric: str, steps: int) -> tuple[float, float]:
+    """Paired (mean, 95% half-width) of ``metric(a) - metric(b)`` over the same test episodes."""
+    rows = {m: {r["episode"]: r[metric] for r in results.records if r["method"] == m and r["steps"] == steps}
+            for m in (a, b)}
+    episodes = sorted(set(rows[a]) & set(rows[b]))
+    return paired_ci([rows[a][e] for e in episodes], [rows[b][e] for e in episodes])
+
+
+def goal_table(results, steps: list[int], metric: str = "exact_match") -> str:
+    """Paired differences meta-learned - multitask and multitask - random_init (issue 16's goal), per step count."""
+    pairs = [(m, "multitask") for m in ("maml", "fomaml", "reptile") if m in results.methods]
+    pairs += [("multitask", "random_init")] + [(m, "in_context") for m in ("maml", "fomaml") if m in results.methods]
+    pairs = [(a, b) for a, b in pairs if a in results.methods and b in results.methods]
+    lines = [f"### Paired differences in {metric} on the same episodes (mean ± 95% CI; > 0: the first is better)", "",
+             "| difference | " + " | ".join(f"@{s}" for s in steps) + " |", "|---" * (len(steps) + 1) + "|"]
+    for a, b in pairs:
+        cells = []
+        for s in steps:
+            mean, ci = paired(results, a, b, metric, s)
+            mark = "**" if mean - ci > 0 else ""
+            cells.append(f"{mark}{mean:+.3f} ± {ci:.3f}{mark}")
+        lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", "Bold: the interval excludes 0 in favour of the first."])
+
+
 def plot(results, path: str, pretrain: dict | None) -> None:
     import matplotlib
 
@@ -150,13 +131,13 @@ def plot(results, path: str, pretrain: dict | None) -> None:
     import matplotlib.pyplot as plt
 
     steps = results.settings["steps"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, metric in zip(axes, ("exact_match", "nll")):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    for ax, metric in zip(axes, ("exact_match", "rougeL", "nll")):
         for name in results.methods:
             pts = [results.score(name, metric, s) for s in steps]
             y = np.array([p[0] for p in pts])
             ci = np.nan_to_num(np.array([p[1] for p in pts]))
-            ax.plot(steps, y, "o-" if name != "zero_shot" else "--", label=name)
+            ax.plot(steps, y, "o-" if name in results.settings["adapting"] else "--", label=name)
             ax.fill_between(steps, y - ci, y + ci, alpha=0.15)
         ax.set_xlabel("inner steps on the support set")
         ax.set_ylabel(metric)
@@ -183,28 +164,31 @@ def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a smoke run: tiny budgets everywhere")
-    p.add_argument("--family", default="text_rules", help="a built-in spec (text_rules, instruction_induction, "
+    p.add_argument("--family", default="substitution", help="a built-in spec (substitution, text_rules, instruction_induction, "
                    "dialogsum, ...) or a YAML spec path")
     p.add_argument("--model", default=None, help="a causal LM by name or path; default: pretrain a tiny Llama here")
     p.add_argument("--output-dir", default=None, help="default runs/<family>")
     p.add_argument("--quantization", default="nf4", choices=["nf4", "int8", "none"])
-    p.add_argument("--methods", default="fomaml,multitask", help="comma-separated subset of " + ",".join(METHODS))
-    p.add_argument("--pretrain-steps", type=int, default=None, help="tiny base only (default 1500; quick 60)")
+    p.add_argument("--methods", default="maml,fomaml,multitask", help="comma-separated subset of " + ",".join(METHODS))
+    p.add_argument("--baselines", default="random_init,zero_shot,in_context", help="comma-separated harness baselines")
+    p.add_argument("--pretrain-steps", type=int, default=None, help="tiny base only (default 3000; quick 800)")
+    p.add_argument("--cache-dir", default=None, help="where pretrained tiny bases are kept, keyed by config and "
+                   "family (default $METALEARN_CACHE/bases or ~/.cache/metalearn/bases)")
     p.add_argument("--hidden", type=int, default=64, help="tiny base width")
     p.add_argument("--layers", type=int, default=2, help="tiny base depth")
     p.add_argument("--lora-r", type=int, default=4)
     p.add_argument("--target-modules", default="q_proj,v_proj")
-    p.add_argument("--prompt-tokens", type=int, default=4)
+    p.add_argument("--prompt-tokens", type=int, default=6)
     p.add_argument("--inner-steps", type=int, default=5, help="inner steps in meta-training")
     p.add_argument("--inner-lr", type=float, default=1e-2)
     p.add_argument("--inner-optimizer", default="adam", choices=["sgd", "adam"])
     p.add_argument("--truncate", type=int, default=0, help="maml only: backpropagate through the last T steps")
-    p.add_argument("--meta-steps", type=int, default=None, help="default 150; quick 4")
+    p.add_argument("--meta-steps", type=int, default=None, help="default 300; quick 60")
     p.add_argument("--meta-batch", type=int, default=4)
     p.add_argument("--meta-lr", type=float, default=3e-3)
-    p.add_argument("--episodes", type=int, default=None, help="test episodes (default 100; quick 4)")
-    p.add_argument("--steps", default=None, help="inner step counts to score (default 0,1,2,5,10; quick 0,1,2)")
-    p.add_argument("--lr-grid", default="0.3,1,3", help="multipliers of inner_lr tried on val tasks ('' = none)")
+    p.add_argument("--episodes", type=int, default=None, help="test episodes (default 100; quick 8)")
+    p.add_argument("--steps", default=None, help="inner step counts to score (default 0,1,2,5,10; quick 0,5,10)")
+    p.add_argument("--lr-grid", default="0.3,1,3,10", help="multipliers of inner_lr tried on val tasks ('' = none)")
     p.add_argument("--val-episodes", type=int, default=None, help="val tasks for the lr search (default 8; quick 2)")
     p.add_argument("--max-length", type=int, default=128, help="token budget per example")
     p.add_argument("--seed", type=int, default=0)
@@ -213,17 +197,18 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
     bad = [m for m in args.methods if m not in METHODS]
     if bad:
         p.error(f"unknown method(s) {bad}; choose from {list(METHODS)}")
     args.target_modules = [t.strip() for t in args.target_modules.split(",") if t.strip()]
     args.quantization = None if args.quantization == "none" else args.quantization
     q = args.quick
-    defaults = dict(pretrain_steps=(60, 1500), meta_steps=(4, 150), episodes=(4, 100), val_episodes=(2, 8))
+    defaults = dict(pretrain_steps=(800, 3000), meta_steps=(60, 300), episodes=(8, 100), val_episodes=(2, 8))
     for name, (quick, full) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if q else full)
-    args.steps = [int(s) for s in (args.steps or ("0,1,2" if q else "0,1,2,5,10")).split(",")]
+    args.steps = [int(s) for s in (args.steps or ("0,5,10" if q else "0,1,2,5,10")).split(",")]
     args.lr_grid = [float(g) for g in args.lr_grid.split(",") if g.strip()] or None
     args.output_dir = args.output_dir or os.path.join("runs", os.path.basename(str(args.family)).split(".")[0])
     return args
@@ -236,22 +221,29 @@ def main(argv=None) -> dict:
     os.makedirs(args.output_dir, exist_ok=True)
     start = time.time()
     family = load(args.family)
-    pretrain = None
+    pretrain, base_skill = None, {}
     if args.model is None:
-        base_path = os.path.join(args.output_dir, "base")
-        print(f"[base] no --model: pretraining a tiny Llama ({args.hidden}d x {args.layers} layers, byte tokenizer) "
-              f"on {args.family} train tasks for {args.pretrain_steps} steps; it stands in for a pretrained "
-              "foundation model", flush=True)
-        pretrain = pretrain_tiny_base(family, base_path, args.pretrain_steps, args.hidden, args.layers, batch=64,
-                                      lr=3e-3, seed=args.seed, max_length=args.max_length)
-        print(f"[base] {pretrain['params']:,} parameters, {pretrain['seconds']:.0f}s, loss "
-              f"{np.mean(pretrain['losses'][:10]):.2f} -> {np.mean(pretrain['losses'][-50:]):.2f}; "
-              f"reloading it frozen in {args.quantization or 'full precision'}", flush=True)
+        config = PretrainConfig(hidden=args.hidden, layers=args.layers, steps=args.pretrain_steps, seed=args.seed,
+                                max_length=args.max_length)
+        print(f"[base] no --model: a tiny Llama ({args.hidden}d x {args.layers} layers, byte tokenizer) pretrained on "
+              f"{args.family} train tasks for {args.pretrain_steps} steps (cached by config); it stands in for a "
+              "pretrained foundation model", flush=True)
+        base_path, pretrain = pretrained_base(family, config, cache_dir=args.cache_dir, progress=not args.quiet)
+        print(f"[base] {base_path}: {pretrain['params']:,} parameters, "
+              f"{'loaded from the cache' if pretrain['cached'] else 'trained'} ({pretrain['seconds']:.0f}s of training), "
+              f"loss {np.mean(pretrain['losses'][:10]):.2f} -> {np.mean(pretrain['losses'][-50:]):.2f}; reloading it "
+              f"frozen in {args.quantization or 'full precision'}", flush=True)
+        if pretrain["table_codes"]:  # what the base can do when told the table, and when not
+            n = max(args.episodes // 4, 2)
+            base_skill = {"train, told the table": table_accuracy(base_path, family, "train", n, args.seed),
+                          "test, told the table": table_accuracy(base_path, family, "test", n, args.seed),
+                          "test, bare prompt": table_accuracy(base_path, family, "test", n, args.seed, codes=False)}
+            print("[base] exact match " + ", ".join(f"{k}: {v:.3f}" for k, v in base_skill.items()), flush=True)
     else:
         base_path = args.model
     learners, train_seconds = fit_all(args, family, base_path)
     t0 = time.time()
-    results = metalearn.evaluate(learners, family, baselines=["random_init", "zero_shot"], steps=args.steps,
+    results = metalearn.evaluate(learners, family, baselines=args.baselines, steps=args.steps,
                                  episodes=args.episodes, seed=args.seed, lr_grid=args.lr_grid,
                                  val_episodes=args.val_episodes, progress=not args.quiet,
                                  output_dir=os.path.join(args.output_dir, "eval"))
@@ -260,9 +252,12 @@ def main(argv=None) -> dict:
     wall = time.time() - start
     command = " ".join(["python examples/text_rules.py"] + (sys.argv[1:] if argv is None else list(argv)))
     base_text = (f"a tiny Llama ({pretrain['params']:,} parameters, {args.hidden}d x {args.layers} layers, byte "
-                 f"tokenizer) pretrained here for {pretrain['steps']} steps ({pretrain['seconds']:.0f}s) of plain "
-                 f"causal-LM training on strings from the family's train tasks only, standing in for a pretrained "
-                 f"foundation model" if pretrain else f"`{args.model}`")
+                 f"tokenizer) pretrained here for {args.pretrain_steps} steps ({pretrain['seconds']:.0f}s"
+                 f"{', loaded from the cache in this run' if pretrain['cached'] else ''}) of next-token training on "
+                 f"the family's train tasks only"
+                 + (", each example preceded by its table as a code; exact match of the base (greedy, "
+                    + ", ".join(f"{k}: {v:.3f}" for k, v in base_skill.items()) + ")" if base_skill else "")
+                 + ", standing in for a pretrained foundation model" if pretrain else f"`{args.model}`")
     header = [
         f"Command: `{command}`", "",
         f"Family: `{args.family}` ({family!r}). Base: {base_text}; frozen, "
@@ -278,12 +273,13 @@ def main(argv=None) -> dict:
     text = "\n".join(header + [table(results, metrics, args.steps,
                                      f"### Held-out {args.family} tasks: exact match, ROUGE-L (higher is better), "
                                      f"completion NLL per token (lower is better) after N inner steps; mean ± 95% CI "
-                                     f"over {args.episodes} episodes"), ""])
+                                     f"over {args.episodes} episodes"), "",
+                               goal_table(results, args.steps), ""])
     with open(os.path.join(args.output_dir, "table.md"), "w") as f:
         f.write(text)
     payload = {"settings": {k: v for k, v in vars(args).items()}, "train_seconds": train_seconds,
                "eval_seconds": eval_seconds, "wall_seconds": wall,
-               "pretrain": {k: v for k, v in (pretrain or {}).items() if k != "losses"},
+               "pretrain": {k: v for k, v in (pretrain or {}).items() if k != "losses"}, "base_skill": base_skill,
                "scores": {f"{m}/{metric}/steps={s}": results.score(m, metric, s)
                           for m in results.methods for metric in metrics for s in args.steps}}
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:

@@ -66,12 +66,26 @@ def test_fit_then_eval_through_files(tmp_path, capsys):
     assert (out / "steps.png").stat().st_size > 1000
 
 
-def test_demo_quick_end_to_end(tmp_path, capsys):
+def test_demo_quick_end_to_end(tmp_path, capsys, monkeypatch, base_cache):
+    monkeypatch.setenv("METALEARN_CACHE", base_cache)  # pretrained once per session (or loaded from your cache)
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--output-dir", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "| metasgd |" in printed and "| multitask |" in printed and "| fomaml |" in printed
-    for part in ("sinusoid", "text_rules"):
+    assert "| metasgd |" in printed and "| multitask |" in printed and "| maml |" in printed
+    # the printed example: a held-out table, its 8 examples, the frozen base's and the adapted answers
+    import re
+
+    assert re.search(r"A new rule, never seen in pretraining or meta-training: `(caesar|affine|permute)\(", printed)
+    examples = re.search(r"Its 8 examples \(all the adapters see\): (.*)", printed).group(1)
+    assert len(re.findall(r"`[a-f]{4}=[a-f]{4}`", examples)) == 8
+    rows = re.findall(r"^\| `[a-f]{4}=` \| `([a-f]{4})` \| `(.*)` \((right|wrong)\) \| `(.*)` \((right|wrong)\) \|$",
+                      printed, re.M)
+    assert len(rows) == 8
+    for truth, base, base_mark, adapted, adapted_mark in rows:
+        assert (base == truth) == (base_mark == "right") and (adapted == truth) == (adapted_mark == "right")
+    base_hits, adapted_hits = (sum(r[i] == "right" for r in rows) for i in (2, 4))
+    assert adapted_hits >= 4 and adapted_hits > base_hits, rows
+    for part in ("sinusoid", "substitution"):
         data = json.loads((out / part / "results.json").read_text())
         assert data["records"] and (out / part / "steps.png").stat().st_size > 1000
     assert json.loads((out / "sinusoid" / "results.json").read_text())["settings"]["steps"] == [0, 1, 5, 10]

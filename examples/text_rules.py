@@ -17,7 +17,7 @@ the code sat in pretraining):
 * ``random_init`` a fresh peft init (LoRA B = 0, random prompt) fine-tuned with the same inner loop,
 * ``zero_shot`` the frozen base, no adapters; ``in_context`` the frozen base with the 8 examples in its prompt,
 are adapted on the support set of held-out test tasks and scored by greedy-decoding exact match,
-ROUGE-L and completion NLL after 0, 1, 2, 5 and 10 inner steps (inner lr per method and step count
+character-level ROUGE-L (partial credit) and completion NLL after 0, 1, 2, 5 and 10 inner steps (inner lr per method and step count
 picked on val tasks, from a small grid). The table ends with paired differences maml - multitask and
 multitask - random_init (the issue-16 goal).
 
@@ -33,7 +33,7 @@ With a GPU and the Hugging Face Hub, any causal LM by name (no pretraining step 
     python examples/text_rules.py --model Qwen/Qwen2.5-0.5B --family dialogsum --max-length 512
 
 Writes into ``--output-dir`` (default ``runs/<family>``): ``table.md``, ``results.json``, ``steps.png``
-(exact match, ROUGE-L and NLL vs inner steps), ``eval/`` (the harness's full report), ``train/<method>/``
+(exact match, character-level ROUGE-L and NLL vs inner steps), ``eval/`` (the harness's full report), ``train/<method>/``
 (meta-training logs and curves) and, for the tiny model, ``pretrain.png``.
 """
 from __future__ import annotations
@@ -132,7 +132,7 @@ def plot(results, path: str, pretrain: dict | None) -> None:
 
     steps = results.settings["steps"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-    for ax, metric in zip(axes, ("exact_match", "rougeL", "nll")):
+    for ax, metric in zip(axes, ("exact_match", "rougeL_char", "nll")):
         for name in results.methods:
             pts = [results.score(name, metric, s) for s in steps]
             y = np.array([p[0] for p in pts])
@@ -269,9 +269,9 @@ def main(argv=None) -> dict:
         f"Evaluation: {args.episodes} held-out test tasks, the same for every method; inner lr per method and step "
         + (f"count picked from x{args.lr_grid} on {args.val_episodes} val tasks" if args.lr_grid else "count fixed")
         + f"; greedy decoding. Evaluation {eval_seconds:.0f}s, wall time {wall / 60:.1f} min.", ""]
-    metrics = ["exact_match", "rougeL", "nll"]
+    metrics = ["exact_match", "rougeL_char", "nll"]
     text = "\n".join(header + [table(results, metrics, args.steps,
-                                     f"### Held-out {args.family} tasks: exact match, ROUGE-L (higher is better), "
+                                     f"### Held-out {args.family} tasks: exact match, character-level ROUGE-L (higher is better), "
                                      f"completion NLL per token (lower is better) after N inner steps; mean ± 95% CI "
                                      f"over {args.episodes} episodes"), "",
                                goal_table(results, args.steps), ""])

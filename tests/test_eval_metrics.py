@@ -58,6 +58,15 @@ def test_rouge_by_hand():
     assert metrics.rouge(["x y"], ["a b"])["rouge1"] == 0.0
 
 
+def test_character_rouge_by_hand():
+    # one-word outputs: word-level ROUGE-L is all or nothing, the character-level one gives partial credit
+    assert metrics.rouge(["acef"], ["acaf"])["rougeL"] == 0.0
+    assert metrics.rouge_chars(["acef"], ["acaf"]) == pytest.approx(3 / 4)  # LCS a-c-f of 4 and 4 characters
+    p, r = 3 / 5, 3 / 4  # "acbxf" vs "acaf": LCS a-c-f, precision 3/5, recall 3/4
+    assert metrics.rouge_chars(["acbxf"], ["acaf"]) == pytest.approx(2 * p * r / (p + r))
+    assert metrics.rouge_chars(["ab", "zz"], ["a b", "ab"]) == pytest.approx(0.5)  # whitespace ignored; mean
+
+
 def test_bleu_by_hand():
     # n-gram precisions 5/6, 3/5, 2/4, 1/3, equal lengths (no brevity penalty)
     expected = 100 * (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25

@@ -171,7 +171,7 @@ def _report(results: dict[str, EvalResults], times: dict[str, float], quick: boo
               "substitution": "New letter tables from 8 examples, on a tiny pretrained NF4 Llama: meta-learned "
                               "(MAML) LoRA + soft prompt vs random-init PEFT, the frozen base and in-context examples"}
     for name, res in results.items():
-        shown = ["exact_match", "rougeL"] if name == "substitution" else None
+        shown = ["exact_match", "rougeL_char"] if name == "substitution" else None
         parts += [f"# {titles[name]} ({times[name]:.0f} s)", ""]
         if name in examples:
             parts += [examples[name], ""]

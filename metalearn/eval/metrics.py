@@ -13,10 +13,10 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["HIGHER_IS_BETTER", "PRIMARY", "accuracy", "bleu", "exact_match", "macro_f1", "mean_ci", "mse",
-           "normalize", "paired_ci", "rouge"]
+           "normalize", "paired_ci", "rouge", "rouge_chars"]
 
 HIGHER_IS_BETTER = {"accuracy": True, "bleu": True, "exact_match": True, "macro_f1": True, "mse": False,
-                    "nll": False, "rouge1": True, "rouge2": True, "rougeL": True}
+                    "nll": False, "rouge1": True, "rouge2": True, "rougeL": True, "rougeL_char": True}
 """Direction of every metric the harness reports."""
 
 PRIMARY = {"classification": "accuracy", "generation": "exact_match", "regression": "mse"}
@@ -94,6 +94,25 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
     scorer = rouge_scorer.RougeScorer(list(keys), use_stemmer=True)
     scores = [scorer.score(r, p) for p, r in zip(predictions, references)]  # score(target, prediction)
     return {k: float(np.mean([s[k].fmeasure for s in scores])) for k in keys}
+
+
+class _Characters:
+    """A rouge-score tokenizer whose tokens are the characters (whitespace dropped)."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return [c for c in text if not c.isspace()]
+
+
+def rouge_chars(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean ROUGE-L F-measure over characters: partial credit where an output is one word (``"acaf"`` vs ``"acef"``).
+
+    rouge-score's own tokenizer makes such an output a single token, so its ROUGE-L equals exact match there.
+    """
+    from rouge_score import rouge_scorer
+
+    _check_pairs(predictions, references)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Characters())
+    return float(np.mean([scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)]))
 
 
 def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:

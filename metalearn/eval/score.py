@@ -69,6 +69,7 @@ def score_generation(model: TaskModel, adapted: Optional[Adapted], params: Param
             refs = [_first_line(r) for r in refs]
         out["exact_match"] = metrics.exact_match(texts, refs)
         out.update(metrics.rouge(texts, refs))
+        out["rougeL_char"] = metrics.rouge_chars(texts, refs)
         out["bleu"] = metrics.bleu(texts, refs)
     return out
 

@@ -1,9 +1,9 @@
 """Which meta-learned set adapts best at an equal parameter count: LoRA, a soft prompt, a prefix, or LoRA
 with either, on the procedural ``text_rules`` family and a frozen NF4 base.
 
-The base is the tiny Llama of ``examples/text_rules.py`` (pretrained here for a few minutes on the
-family's train strings, a stand-in for a foundation model, not one), or ``--model`` (any causal LM by
-name or path, e.g. the ``base/`` folder a text_rules run wrote). With hidden size H, L layers and LoRA
+The base is a tiny Llama from ``metalearn.pretrain`` (plain causal-LM training here for a few minutes on
+the family's train strings, a stand-in for a foundation model, not one; kept in ``<output-dir>/base/<key>/``
+and reused by a rerun), or ``--model`` (any causal LM by name or path). With hidden size H, L layers and LoRA
 rank r on the q and v projections (4rHL numbers), every set gets the same budget:
 
 * ``lora``         LoRA r on q, v
@@ -40,10 +40,8 @@ import numpy as np
 import torch
 
 import metalearn
+from metalearn.pretrain import PretrainConfig, pretrained_base  # the stand-in base of the examples
 from metalearn.tasks import load
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from text_rules import pretrain_tiny_base  # noqa: E402  (the same stand-in base as the text_rules example)
 
 SETS = ("lora", "prompt", "prefix", "lora+prompt", "lora+prefix")
 
@@ -155,9 +153,9 @@ def main(argv=None) -> dict:
     family = load("text_rules")
     pretrain = None
     if args.model is None:
-        base_path = os.path.join(args.output_dir, "base")
-        pretrain = pretrain_tiny_base(family, base_path, args.pretrain_steps, args.hidden, args.layers, batch=64,
-                                      lr=3e-3, seed=args.seed, max_length=args.max_length)
+        config = PretrainConfig(hidden=args.hidden, layers=args.layers, steps=args.pretrain_steps, batch=64, lr=3e-3,
+                                seed=args.seed, max_length=args.max_length, warmup=50)
+        base_path, pretrain = pretrained_base(family, config, cache_dir=os.path.join(args.output_dir, "base"))
         print(f"[base] tiny Llama, {pretrain['params']:,} parameters, pretrained {pretrain['seconds']:.0f}s", flush=True)
     else:
         base_path = args.model
@@ -175,7 +173,7 @@ def main(argv=None) -> dict:
     cpu = time.process_time()
     command = " ".join(["python examples/adapter_sets.py"] + (sys.argv[1:] if argv is None else list(argv)))
     base_text = (f"a tiny Llama ({pretrain['params']:,} parameters, {args.hidden}d x {args.layers} layers) pretrained "
-                 f"here for {pretrain['steps']} steps on the family's train strings" if pretrain else f"`{args.model}`")
+                 f"here for {args.pretrain_steps} steps on the family's train strings" if pretrain else f"`{args.model}`")
     header = [
         f"Command: `{command}`", "",
         f"Family: `text_rules`. Base: {base_text}; frozen, {args.quantization or 'full precision'}. Every set has "

@@ -2,14 +2,16 @@
 
 No pretrained causal LM is reachable offline, so examples and the demo make one: a Llama built from a
 config (byte tokenizer) trained with plain next-token loss on ``prompt -> completion`` pairs of the
-family's **train** split only. Held-out (val/test) tasks are never seen.
+family's **train** split only (every token of ``BOS prompt completion EOS``, the recipe the older
+examples used). Held-out (val/test) tasks are never seen.
 
 For a family that can name its rule as a table (``family.table(rule_id)``, e.g. ``Substitution``), each
 training example is preceded by the table written as a short code, one token per letter pair
 (``a->c`` is one character), in random order and in front of BOS: the base learns "apply the table
 written before the prompt", as an instruction-following LM applies an instruction. The few-shot tasks
 never contain the code: a bare prompt ``"abcd="`` leaves the table unknown, and adapters (a soft prompt
-sits exactly where the code sat, in front of BOS) must recover it from the support examples.
+sits exactly where the code sat, in front of BOS) must recover it from the support examples. There the
+loss is on the completion only (the prompt letters are random) and each batch row comes from its own table.
 
 The trained model is saved under ``cache_dir/<key>/`` where the key hashes the config, the family and
 its train rules, so reruns and tests load it instead of training again (written to a temporary folder
@@ -55,6 +57,7 @@ class PretrainConfig:
     seed: int = 0
     table_codes: bool = True  # write the table code in front of each example when the family has tables
     copy_fraction: float = 0.2  # table families: this share of rows uses the identity table (no task's rule)
+    warmup: Optional[int] = None  # linear warmup steps before the cosine decay; None: min(100, steps // 10)
 
     def __post_init__(self) -> None:
         for name in ("hidden", "layers", "heads", "steps", "batch", "max_length"):
@@ -65,6 +68,8 @@ class PretrainConfig:
                              "pick sizes where it is")
         if not 0 <= self.copy_fraction < 1:
             raise ValueError(f"PretrainConfig.copy_fraction={self.copy_fraction} is invalid; give a share in [0, 1)")
+        if self.warmup is not None and int(self.warmup) < 1:
+            raise ValueError(f"PretrainConfig.warmup={self.warmup} is invalid; give a positive step count or None")
         if not self.lr > 0:
             raise ValueError(f"PretrainConfig.lr={self.lr} is invalid; give a positive learning rate")
 
@@ -105,14 +110,31 @@ def _key(family: Any, config: PretrainConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _plain_rows(family: Any, tok, rng: np.random.Generator, n: int, max_length: int) -> list[tuple[list, list]]:
+    """``n`` rows of plain causal-LM text from whole train tasks: BOS prompt completion EOS, loss on every token."""
+    texts: list[str] = []
+    while len(texts) < n:
+        task = family.sample("train", rng)
+        for part in (task.support, task.query):
+            texts += [p + c for p, c in zip(part["prompt"], part["completion"])]
+    rows = []
+    for text in texts[:n]:
+        ids = ([tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])[:max_length]
+        rows.append((ids, list(ids)))
+    return rows
+
+
 def _rows(family: Any, tok, rng: np.random.Generator, n: int, codes: bool, copy_fraction: float,
           max_length: int) -> list[tuple[list, list]]:
     """``n`` (input ids, labels) pairs from train tasks: [code] BOS prompt completion EOS, loss on the completion.
 
-    With codes, a ``copy_fraction`` share of the tasks is turned into the identity table (the prompt copied):
-    plain copying is learned first, and reading the table from the code builds on it (without these rows a
+    Without codes (a family without tables): plain causal-LM text, see ``_plain_rows``. With codes, a
+    ``copy_fraction`` share of the rows is turned into the identity table (the prompt copied): plain
+    copying is learned first, and reading the table from the code builds on it (without these rows a
     small model sits for a long time on the plateau where it predicts every table's average).
     """
+    if not codes:
+        return _plain_rows(family, tok, rng, n, max_length)
     rows: list[tuple[list, list]] = []
     while len(rows) < n:  # one example per task: many rules in every batch
         task = family.sample("train", rng)
@@ -142,7 +164,7 @@ def _train(family: Any, config: PretrainConfig, path: str, progress: bool) -> di
     model.set_attn_implementation("sdpa")  # faster for plain training; the saved config does not keep it
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
-    warmup = min(100, max(config.steps // 10, 1))
+    warmup = config.warmup or min(100, max(config.steps // 10, 1))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s / config.steps, 1.0))))
     rng = np.random.default_rng(config.seed + 7)
@@ -156,7 +178,7 @@ def _train(family: Any, config: PretrainConfig, path: str, progress: bool) -> di
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, (ids, lab) in enumerate(rows):
             x[i, :len(ids)], labels[i, :len(ids)], mask[i, :len(ids)] = torch.tensor(ids), torch.tensor(lab), 1
-        loss = model(input_ids=x, attention_mask=mask, labels=labels).loss
+        loss = model(input_ids=x, attention_mask=mask, labels=labels).loss  # mean over labelled tokens
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

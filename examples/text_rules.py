@@ -21,8 +21,8 @@ character-level ROUGE-L (partial credit) and completion NLL after 0, 1, 2, 5 and
 picked on val tasks, from a small grid). The table ends with paired differences maml - multitask and
 multitask - random_init (the issue-16 goal).
 
-    python examples/text_rules.py                    # the full run on CPU (about 20 minutes)
-    python examples/text_rules.py --quick            # a smoke run (a few minutes the first time, then cached)
+    python examples/text_rules.py                    # the full run on CPU (about 5 minutes, pretraining included)
+    python examples/text_rules.py --quick            # a smoke run (about a minute; the base is cached)
     python examples/text_rules.py --family text_rules   # the older rule family (reverse, sort, ...)
     python examples/text_rules.py --quick --family instruction_induction   # the path on a real family
 

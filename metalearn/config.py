@@ -149,6 +149,7 @@ class InnerConfig:
     backend: str = "functional"  # "functional" (torch.func) or "higher" (plain nn.Modules only)
     task_batching: str = "auto"  # run a meta-batch's inner loops as one batched computation: "auto", "on", "off"
     support_temperature: Optional[float] = None  # cosine head: the temperature of the inner loop's support loss
+    task_chunk: Optional[int] = None  # batch at most this many tasks at once (memory ~ chunk, not meta-batch); None: all
 
     def __post_init__(self) -> None:
         _check(_is_int(self.steps) and self.steps >= 0, "steps", self.steps, "use a non-negative integer")
@@ -174,6 +175,8 @@ class InnerConfig:
                    "use a positive temperature (e.g. 0.2), or None for the head's own")
         _check(self.task_batching in ("auto", "on", "off"), "task_batching", self.task_batching,
                "use 'auto' (batch where possible), 'on' or 'off' (a Python loop over tasks)")
+        _check(self.task_chunk is None or (_is_int(self.task_chunk) and self.task_chunk >= 1), "task_chunk",
+               self.task_chunk, "use a positive number of tasks per batched chunk, or None for the whole meta-batch")
         if self.backend == "higher":
             _check(not self.learn_step_sizes and self.lora_plus_ratio == 1.0 and self.trainable is None
                    and self.order != "truncated" and not self.checkpoint, "backend", self.backend,

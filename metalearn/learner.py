@@ -16,13 +16,16 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 from torch import nn
+from torch.func import vmap
 
 from . import adapters as adapters_mod
 from . import card, files, saved
+from .attention_masks import vmappable_masks
 from .config import RunConfig
 from .functional import logits, outputs, prototype_head, task_loss
 from .inner import build as build_optimizer
 from .inner import initial_step_sizes, unroll
+from .inner.batched import unroll_batched
 from .model import TaskModel
 from .saved import CONFIG_FILE, STATE_FILE
 from .tasks.task import Task
@@ -120,18 +123,14 @@ class Learner:
         return params
 
     def inner_adapt(self, episode: Episode, steps: Optional[int] = None, order: Optional[str] = None,
-                    init: Optional[Params] = None, on_loss=None) -> tuple[Params, list[float]]:
+                    init: Optional[Params] = None, on_loss=None, on_step=None) -> tuple[Params, list[float]]:
         """Run the inner loop on the episode's support set (differentiable unless order='first')."""
         inner = self.config.inner
         params = self.start_params(episode, init)
         steps = inner.steps if steps is None else steps
-        trainable = self.trainable_names(params)
-        step_sizes = self.step_sizes
-        if steps > inner.steps and inner.per_step:  # beyond the learned schedule: keep the last step size
-            step_sizes = {n: torch.cat([t, t[-1:].expand(steps - inner.steps)]) for n, t in step_sizes.items()}
-        fast, losses = unroll(lambda p: self.support_loss(p, episode.support, episode.kind), params, step_sizes,
-                              self.optimizer, steps, order or inner.order, inner.truncate, inner.checkpoint,
-                              trainable, on_loss)
+        fast, losses = unroll(lambda p: self.support_loss(p, episode.support, episode.kind), params,
+                              self._schedule(self.step_sizes, steps), self.optimizer, steps, order or inner.order,
+                              inner.truncate, inner.checkpoint, self.trainable_names(params), on_loss, on_step)
         return fast, [float(loss) for loss in losses]
 
     def trainable_names(self, params: Params) -> Optional[list[str]]:
@@ -153,6 +152,40 @@ class Learner:
             params = self.start_params(episode)
             self.trainable_names(params)
             self.loss(params, episode.query, episode.kind)
+
+    def batched_loss(self, params: Params, batch: Batch, kind: str) -> torch.Tensor:
+        """The (tasks,) losses of task-stacked ``params`` (tasks, ...) on a task-stacked batch: one ``vmap``."""
+        with vmappable_masks():
+            return vmap(lambda p, b: self.loss(p, b, kind), randomness="different")(params, batch)
+
+    def inner_adapt_batched(self, support: Batch, kind: str, n_way: int, init: Params,
+                            step_sizes: Optional[Params] = None, steps: Optional[int] = None,
+                            order: Optional[str] = None, on_step=None) -> tuple[Params, list[torch.Tensor]]:
+        """``inner_adapt`` for many tasks at once (``inner.batched``): support (tasks, rows, ...), init (tasks, ...).
+
+        ``step_sizes`` default to the learner's (shared); per-task ones have shape (tasks, steps). Returns
+        the fast parameters (tasks, ...) and each step's (tasks,) support losses.
+        """
+        inner = self.config.inner
+        steps = inner.steps if steps is None else steps
+
+        def start(params: Params, batch: Batch) -> Params:  # e.g. a prototype head from each support set
+            return self.start_params(Episode(batch, batch, kind, n_way), params)
+
+        with vmappable_masks():
+            params = vmap(start, randomness="different")(init, support)
+        sizes = self._schedule(self.step_sizes if step_sizes is None else step_sizes, steps)
+        return unroll_batched(lambda p: self.batched_loss(p, support, kind, support=True), params, sizes, self.optimizer, steps,
+                              order or inner.order, inner.truncate, inner.checkpoint, self.trainable_names(params),
+                              on_step)
+
+    def _schedule(self, step_sizes: Params, steps: int) -> Params:
+        """Step sizes for ``steps`` steps: a per-step schedule shorter than that keeps its last size."""
+        inner = self.config.inner
+        if steps <= inner.steps or not inner.per_step:
+            return step_sizes
+        return {n: torch.cat([t, t[-1:].expand(steps - inner.steps)]) if t.dim() == 1 else t
+                for n, t in step_sizes.items()}
 
     # ---- public -----------------------------------------------------------------------------------
     def adapt(self, support: Union[Task, Mapping[str, Any]], steps: Optional[int] = None,

@@ -39,44 +39,59 @@ def get(method: str, backend: str = "functional"):
 def meta_gradient(learner, episodes, method: str, backend: str = "functional"):
     """Sum of the episodes' meta-gradients (this process's share) and the per-task results.
 
-    With ``inner.task_batching`` "auto" (default) or "on", the whole meta-batch runs as one batched
-    computation (``algorithms.batched``); "auto" falls back to a loop over tasks where batching cannot
-    apply and says why once in the log, "on" raises ``ValueError`` there. In the loop each task's
-    graph is freed as soon as its gradient is taken, so memory holds one task's graph. Either way
-    4-bit layers go through ``quant.transformable_4bit`` (bitsandbytes' numbers, vmap-able, and the
+    With ``inner.task_batching`` "auto" (default) or "on", the meta-batch runs as one batched
+    computation (``algorithms.batched``), or as batched chunks of ``inner.task_chunk`` tasks (memory
+    bounded by the chunk, not the meta-batch). "auto" falls back to a loop over tasks where batching
+    cannot apply and says why in a warning, once per learner; "on" raises there. In the loop each
+    task's graph is freed as soon as its gradient is taken, so memory holds one task's graph. Either
+    way 4-bit layers go through ``quant.transformable_4bit`` (bitsandbytes' numbers, vmap-able, and the
     frozen weight dequantized once per meta-step).
     """
-    mode = learner.config.inner.task_batching
+    chunk = learner.config.inner.task_chunk or max(len(episodes), 1)
+    total = {n: torch.zeros_like(v) for n, v in learner.meta_parameters().items()}
+    results = []
     with transformable_4bit(learner.model):
-        if mode != "off" and (len(episodes) > 1 or mode == "on") and learner not in _UNBATCHABLE:
-            ready, why = batched.plan(learner, episodes, method, backend)
-            if ready is None and mode == "on":
-                raise ValueError(f"inner.task_batching='on' cannot batch this meta-batch: {why}. Use "
-                                 "task_batching='auto' (falls back to a loop over tasks) or 'off'")
-            if ready is not None:
-                try:
-                    return batched.meta_gradient(learner, ready, method)
-                except RuntimeError as err:  # e.g. an op without a vmap rule, or out of memory
-                    if mode == "on":
-                        raise
-                    _UNBATCHABLE.add(learner)
-                    why = f"the batched step failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
-            _say_once(learner, why)
-        task_gradient = get(method, backend)
-        results = [task_gradient(learner, episode) for episode in episodes]
-    meta = learner.meta_parameters()
-    total = {n: sum(r.grads[n] for r in results) if results else torch.zeros_like(v) for n, v in meta.items()}
+        for start in range(0, len(episodes), chunk):
+            summed, part = _chunk(learner, episodes[start:start + chunk], method, backend)
+            total = {n: total[n] + summed[n] for n in total}
+            results += part
     return total, results
 
 
+def _chunk(learner, episodes, method: str, backend: str):
+    """Summed meta-gradient and per-task results of one chunk: batched where it can be, else a loop."""
+    mode = learner.config.inner.task_batching
+    if method in REGISTRY and method not in batched.METHODS or backend != "functional":
+        mode = "off"  # no inner loop to batch (multitask, protonet), or the higher backend: nothing to fall back from
+    if mode != "off" and (len(episodes) > 1 or mode == "on") and learner not in _UNBATCHABLE:
+        ready, why = batched.plan(learner, episodes, method, backend)
+        if ready is None and mode == "on":
+            raise ValueError(f"inner.task_batching='on' cannot batch this meta-batch: {why}. Use "
+                             "task_batching='auto' (falls back to a loop over tasks) or 'off'")
+        if ready is not None:
+            try:
+                return batched.meta_gradient(learner, ready, method)
+            except RuntimeError as err:  # e.g. an op without a vmap rule, or out of memory
+                if mode == "on":
+                    raise
+                _UNBATCHABLE.add(learner)
+                why = f"the batched step failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        _say_once(learner, why)
+    task_gradient = get(method, backend)
+    results = [task_gradient(learner, episode) for episode in episodes]
+    return {n: sum(r.grads[n] for r in results) for n in results[0].grads}, results
+
+
 _UNBATCHABLE: "weakref.WeakSet" = weakref.WeakSet()  # learners whose batched step failed once: loop from then on
-_SAID: "weakref.WeakSet" = weakref.WeakSet()  # learners whose fallback was logged (later ones go to debug)
+_SAID: "weakref.WeakSet" = weakref.WeakSet()  # learners whose fallback was reported (later ones go to debug)
 
 
 def _say_once(learner, why: str) -> None:
-    level = logging.DEBUG if learner in _SAID else logging.INFO
+    """A warning the first time a learner falls back to the loop (it is slower), debug after that."""
+    level = logging.DEBUG if learner in _SAID else logging.WARNING
     _SAID.add(learner)
-    log.log(level, "task batching does not apply (%s): running the meta-batch as a loop over tasks", why)
+    log.log(level, "task batching does not apply (%s): running the meta-batch as a loop over tasks, which is "
+            "slower; set inner.task_batching='off' to choose the loop and silence this", why)
 
 
 __all__ = sorted(["REGISTRY", "TaskGradient", "batched", "get", "grads_for", "maml", "meta_gradient", "multitask", "reptile"])

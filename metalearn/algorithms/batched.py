@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
-from torch.func import vmap
 
-from ..inner.batched import stack_batches, unroll_batched
+from ..inner.batched import stack_batches
 from ..learner import Episode, Learner
 from ..types import Batch, Grads, Params
 from .base import TaskGradient
@@ -79,31 +78,15 @@ def meta_gradient(learner: Learner, plan: Plan, method: str) -> tuple[Grads, lis
         for n in sizes:
             leaf = leaves["lr:" + n]
             sizes[n] = leaf if leaf.dim() == 2 else leaf.unsqueeze(1).expand(tasks, inner.steps)
-
-    def task_loss(params: Params, batch: Batch) -> torch.Tensor:
-        return learner.loss(params, batch, kind)
-
-    def support_loss(params: Params, batch: Batch) -> torch.Tensor:
-        return learner.support_loss(params, batch, kind)
-
-    def losses(params: Params, batch: Batch, loss=task_loss) -> torch.Tensor:  # (tasks,)
-        return vmap(loss, randomness="different")(params, batch)
-
-    def start(params: Params, support: Batch) -> Params:  # e.g. a prototype head from the support set
-        return learner.start_params(Episode(support, support, kind, n_way), params)
-
-    params = vmap(start, randomness="different")(init, plan.support)
-    trainable = learner.trainable_names(params)
     reptile = method == "reptile"
-    fast, support_losses = unroll_batched(lambda p: losses(p, plan.support, support_loss), params, sizes, learner.optimizer,
-                                          inner.steps, "first" if reptile else inner.order, inner.truncate,
-                                          inner.checkpoint, trainable)
+    fast, support_losses = learner.inner_adapt_batched(plan.support, kind, n_way, init, sizes,
+                                                       order="first" if reptile else inner.order)
     if reptile:
         with torch.no_grad():
-            query_losses = losses(fast, plan.query)
+            query_losses = learner.batched_loss(fast, plan.query, kind)
         stacked = {n: (leaves[n] - fast[n]).detach() if n in fast else torch.zeros_like(leaves[n]) for n in leaves}
     else:
-        query_losses = losses(fast, plan.query)
+        query_losses = learner.batched_loss(fast, plan.query, kind)
         names = list(leaves)
         grads = torch.autograd.grad(query_losses.sum(), [leaves[n] for n in names], allow_unused=True)
         stacked = {n: torch.zeros_like(leaves[n]) if g is None else g for n, g in zip(names, grads)}

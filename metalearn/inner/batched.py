@@ -61,7 +61,8 @@ def task_axis(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def unroll_batched(loss_fn: Callable[[Params], torch.Tensor], params: Params, step_sizes: Params,
                    optimizer: GradientTransformation, steps: int, order: str = "second",
                    truncate: Optional[int] = None, checkpoint: bool = False,
-                   trainable: Optional[Iterable[str]] = None) -> tuple[Params, list[torch.Tensor]]:
+                   trainable: Optional[Iterable[str]] = None,
+                   on_step: Optional[Callable[[int, Params], None]] = None) -> tuple[Params, list[torch.Tensor]]:
     """``loop.unroll`` for stacked parameters: ``loss_fn`` returns the (tasks,) vector of task losses.
 
     ``step_sizes`` hold shared tensors (shape () or (steps,)) or per-task ones of shape
@@ -70,7 +71,7 @@ def unroll_batched(loss_fn: Callable[[Params], torch.Tensor], params: Params, st
     elementwise (SGD, Adam): a global-norm clip would mix the tasks.
     """
     return unroll(loss_fn, params, step_sizes, optimizer, steps, order, truncate, checkpoint, trainable,
-                  step_size=lambda size, step, p: task_axis(_at_step(size, step), p))
+                  on_step=on_step, step_size=lambda size, step, p: task_axis(_at_step(size, step), p))
 
 
 def _at_step(size: torch.Tensor, step: int) -> torch.Tensor:

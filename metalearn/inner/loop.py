@@ -34,6 +34,7 @@ def unroll(loss_fn: LossFn, params: Params, step_sizes: Params, optimizer: Gradi
            order: str = "second", truncate: Optional[int] = None, checkpoint: bool = False,
            trainable: Optional[Iterable[str]] = None,
            on_loss: Optional[Callable[[int, torch.Tensor], None]] = None,
+           on_step: Optional[Callable[[int, Params], None]] = None,
            step_size: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] = lambda size, step, p: at_step(size, step),
            ) -> tuple[Params, list[torch.Tensor]]:
     """Adapt ``params`` by ``steps`` optimizer steps on ``loss_fn``; return the fast params and support losses.
@@ -42,8 +43,9 @@ def unroll(loss_fn: LossFn, params: Params, step_sizes: Params, optimizer: Gradi
     meta-batch, see ``inner.batched``) whose sum is differentiated. ``step_size(size, step, param)``
     gives the multiplier of a tensor's direction at ``step``. ``trainable`` (ANIL) restricts the
     adapted tensors to those names; the rest pass through unchanged but stay in the graph.
-    ``on_loss(step, loss)`` sees each support loss (e.g. to guard against NaN). The losses come back
-    detached, one tensor per step.
+    ``on_loss(step, loss)`` sees each support loss (e.g. to guard against NaN); ``on_step(step, params)``
+    sees the parameters after each step (evaluation scores several step counts along one trajectory).
+    The losses come back detached, one tensor per step.
     """
     names = [n for n in params if trainable is None or n in set(trainable)]
     state = optimizer.init({n: params[n] for n in names})
@@ -70,5 +72,7 @@ def unroll(loss_fn: LossFn, params: Params, step_sizes: Params, optimizer: Gradi
             params, state, loss = one_step(params, state)
         if on_loss is not None:
             on_loss(step, loss)
+        if on_step is not None:
+            on_step(step, params)
         losses.append(loss)
     return params, losses

@@ -31,12 +31,17 @@ def outputs(model: TaskModel, params: Params, batch: Batch) -> torch.Tensor:
 
 
 def logits(model: TaskModel, params: Params, batch: Batch, temperature: Optional[float] = None) -> torch.Tensor:
-    """Classification logits (batch, n_way) from pooled features and the head in ``params``.
+    """Classification logits (batch, n_way) from pooled features and the head in ``params``."""
+    return head_logits(model, params, outputs(model, params, batch), temperature)
+
+
+def head_logits(model: TaskModel, params: Params, feats: torch.Tensor,
+                temperature: Optional[float] = None) -> torch.Tensor:
+    """Logits (batch, n_way) of pooled features (batch, hidden) under the head in ``params``.
 
     ``model.head_metric == "cosine"``: cos(feature, head row) / temperature (Chen et al. 2019's
     cosine classifier; ``temperature`` replaces the model's own); otherwise a linear layer on the features.
     """
-    feats = outputs(model, params, batch)  # (batch, hidden)
     if model.head_metric == "cosine":
         scale = model.head_temperature if temperature is None else temperature
         return F.normalize(feats, dim=-1) @ F.normalize(params["head.weight"], dim=-1).t() / scale
@@ -65,8 +70,12 @@ def prototype_head(model: TaskModel, params: Params, support: Batch, n_way: int)
     b = -||c||^2. Cosine: W = c (the logits normalize both sides). Stays differentiable in ``params``
     (the meta-gradient flows through the prototypes).
     """
-    feats = outputs(model, params, support)  # (n, hidden)
-    onehot = F.one_hot(support["label"], n_way).to(feats.dtype)  # (n, n_way)
+    return prototypes(model, outputs(model, params, support), support["label"], n_way)
+
+
+def prototypes(model: TaskModel, feats: torch.Tensor, labels: torch.Tensor, n_way: int) -> Params:
+    """``prototype_head`` from support features (n, hidden) and labels (n,) already computed."""
+    onehot = F.one_hot(labels, n_way).to(feats.dtype)  # (n, n_way)
     protos = onehot.t() @ feats / onehot.sum(0).clamp_min(1.0).unsqueeze(1)  # (n_way, hidden)
     if model.head_metric == "cosine":
         return {"head.weight": protos}

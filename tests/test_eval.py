@@ -13,9 +13,11 @@ import metalearn
 from metalearn.build import build_learner
 from metalearn.eval import evaluate
 from metalearn.eval.baselines import in_context_prompts, random_init
-from metalearn.eval.evaluate import _split_episode, adapt
+from metalearn.eval.adaptation import adapt
+from metalearn.eval.runner import split_episode
 from metalearn.eval.inputs import family_for_shots
 from metalearn.fit import make_config
+from metalearn.learner import Learner
 from metalearn.tasks import Task
 from tests.helpers import CopyFamily, IntentFamily, SinusoidFamily, mlp, small_bert, small_llama
 
@@ -63,20 +65,23 @@ def test_meta_learned_init_beats_random_init_on_sinusoids():
 
 def test_lr_search_chooses_by_the_reported_metric_not_the_loss(monkeypatch):
     """Issue 13: a query-loss choice picked 3x and cut accuracy; the search must follow accuracy."""
+    from metalearn.eval import adaptation
+
     table = {0.3: (0.90, 0.40), 1.0: (0.95, 0.35), 3.0: (0.80, 0.20), 10.0: (1.0, float("nan"))}  # (accuracy, nll)
-    monkeypatch.setattr(harness, "adapt", lambda learner, episode, steps, scale: ({"scale": scale}, []))
-    monkeypatch.setattr(harness, "score_params", lambda model, adapted, fast, task, generate: {
+    monkeypatch.setattr(adaptation, "trajectories", lambda learner, episodes, counts, scale, batch: [
+        {s: {"scale": scale} for s in counts} for _ in episodes])
+    monkeypatch.setattr(adaptation, "score_params", lambda model, adapted, fast, task, generate: {
         "accuracy": table[fast["scale"]][0], "macro_f1": 0.0, "nll": table[fast["scale"]][1]})
     fake = type("FakeLearner", (), {"model": None, "adapted": None})()
     task = IntentFamily().sample("val", np.random.default_rng(0))
-    episodes = [(task, (None, None))] * 3
-    best, metric, scores, losses = harness._tune(fake, episodes, 2, [0.3, 1.0, 3.0, 10.0])
+    episodes = [(task, None)] * 3
+    best, metric, scores, losses = adaptation.tune(fake, episodes, [2], [0.3, 1.0, 3.0, 10.0])[2]
     assert (best, metric) == (1.0, "accuracy")  # the loss alone would pick 3.0; a diverged 10.0 ranks last
     assert scores[10.0] == -float("inf") and losses[3.0] == pytest.approx(0.20)
     table[0.3] = (0.95, 0.30)  # equal accuracy: the lower loss wins
-    assert harness._tune(fake, episodes, 2, [0.3, 1.0, 3.0])[0] == 0.3
+    assert adaptation.tune(fake, episodes, [2], [0.3, 1.0, 3.0])[2][0] == 0.3
     table[0.3] = (0.95, 0.35)  # equal accuracy and loss: the multiplier closest to 1
-    assert harness._tune(fake, episodes, 2, [0.3, 1.0, 3.0])[0] == 1.0
+    assert adaptation.tune(fake, episodes, [2], [0.3, 1.0, 3.0])[2][0] == 1.0
 
 
 def test_every_method_runs_on_the_same_episodes_and_reruns_match():
@@ -99,11 +104,11 @@ def test_adaptation_sees_the_support_set_only():
     rng = np.random.default_rng(0)
     task = SinusoidFamily(k=5, q=5).sample("test", rng)
     poisoned = Task(task.support, {"x": task.query["x"] * 0 + 1e3, "y": task.query["y"] * 0 - 1e3}, "regression")
-    episode, query = _split_episode(learner, task)
+    episode, query = split_episode(learner, task)
     assert torch.equal(episode.query["x"], task.support["x"])  # the query is not even in what adaptation gets
     assert torch.equal(query["x"], task.query["x"])
     fast_clean, _ = adapt(learner, episode, steps=3)
-    fast_poisoned, _ = adapt(learner, _split_episode(learner, poisoned)[0], steps=3)
+    fast_poisoned, _ = adapt(learner, split_episode(learner, poisoned)[0], steps=3)
     for name in fast_clean:
         assert torch.equal(fast_clean[name], fast_poisoned[name])
     before = {n: t.detach().clone() for n, t in learner.init.items()}
@@ -243,7 +248,8 @@ def no_adaptation(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("adaptation ran before the input was checked")
 
-    monkeypatch.setattr(harness, "adapt", forbidden)
+    monkeypatch.setattr(Learner, "inner_adapt", forbidden)  # every adaptation path goes through these two
+    monkeypatch.setattr(Learner, "inner_adapt_batched", forbidden)
 
 
 class EmptyTestSplit:

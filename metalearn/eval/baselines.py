@@ -26,18 +26,20 @@ import torch.nn.functional as F
 
 from ..adapters import adaptable_params, init_prompt_from_text, write_params
 from ..config import RunConfig
-from ..functional import logits, prototype_head
+from ..functional import head_logits, prototypes
 from ..learner import Learner
 from ..model import TaskModel
 from ..tasks.task import Task
 from . import metrics
 
-__all__ = ["ADAPTING", "BASELINES", "check_baseline", "frozen_base", "frozen_scores", "in_context_prompts",
-           "random_init"]
+__all__ = ["ADAPTING", "BASELINES", "FEATURE_BASELINES", "check_baseline", "feature_scores", "frozen_base",
+           "frozen_scores", "in_context_prompts", "random_init"]
 
 BASELINES = ("in_context", "linear_probe", "prototypes", "random_init", "zero_shot")
 ADAPTING = ("random_init",)
 """Baselines that run the inner loop (and so get a learning-rate search and one result per step count)."""
+FEATURE_BASELINES = ("linear_probe", "prototypes", "zero_shot")
+"""Baselines that, on an encoder's classification tasks, only read frozen pooled features (cacheable per text)."""
 
 _APPLIES = {
     "in_context": (("causal",), "the support examples go into a causal LM's prompt"),
@@ -167,20 +169,27 @@ def frozen_scores(name: str, learner: Learner, task: Task, *, generate: bool = T
 
 
 def _feature_baseline(name: str, frozen: TaskModel, task: Task) -> dict[str, float]:
-    n_way = task.n_way
-    out: dict[str, float] = {}
     with torch.no_grad():
         support = frozen.encode(task.support, "classification")
         query = frozen.encode(task.query, "classification")
-        yq = query["label"].cpu().numpy()
+        fs, fq = frozen.features(support), frozen.features(query)  # (n_support, hidden), (n_query, hidden)
+    return feature_scores(name, frozen, fs, support["label"], fq, query["label"], task.n_way)
+
+
+def feature_scores(name: str, frozen: TaskModel, fs: torch.Tensor, ys: torch.Tensor, fq: torch.Tensor,
+                   yq: torch.Tensor, n_way: int) -> dict[str, float]:
+    """Scores of a frozen-feature baseline from support features/labels and query features/labels."""
+    out: dict[str, float] = {}
+    yq = yq.cpu().numpy()
+    with torch.no_grad():
         if name == "zero_shot":  # the learner's own prototype head (ProtoMAML at step 0), without adapters
-            lg = logits(frozen, prototype_head(frozen, {}, support, n_way), query).float().cpu()  # (n_query, n_way)
+            lg = head_logits(frozen, prototypes(frozen, fs, ys, n_way), fq).float().cpu()  # (n_query, n_way)
             out["nll"] = float(F.cross_entropy(lg, torch.as_tensor(yq)))
             pred = lg.argmax(-1).numpy()
         else:
-            fs = F.normalize(frozen.features(support).float(), dim=-1).cpu()  # (n_support, hidden)
-            fq = F.normalize(frozen.features(query).float(), dim=-1).cpu()  # (n_query, hidden)
-            ys = support["label"].cpu()
+            fs = F.normalize(fs.float(), dim=-1).cpu()  # (n_support, hidden)
+            fq = F.normalize(fq.float(), dim=-1).cpu()  # (n_query, hidden)
+            ys = ys.cpu()
     if name == "prototypes":
         protos = F.normalize(F.one_hot(ys, n_way).to(fs.dtype).t() @ fs, dim=-1)  # (n_way, hidden)
         pred = (fq @ protos.t()).argmax(-1).numpy()

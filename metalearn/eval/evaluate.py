@@ -19,27 +19,20 @@ The protocol, top to bottom:
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
 import logging
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
-import numpy as np
-import torch
-
 from ..adapters import adaptable_params, write_params
-from ..learner import Episode, Learner
+from ..learner import Learner
 from ..progress import bar as progress_bar
 from ..quant import transformable_4bit
-from ..tasks.task import Task
-from ..types import Params
 from . import baselines as bl
 from . import metrics
+from .adaptation import adapt
 from .inputs import FamilyOrFactory, check_inputs, sample_tasks, shots_label
-from .score import decode_budget, score_params
+from .runner import Run
 
 __all__ = ["DEFAULT_EPISODES", "DEFAULT_LR_GRID", "DEFAULT_STEPS", "EvalResults", "adapt", "evaluate",
            "paired_differences", "summarize"]
@@ -104,7 +97,8 @@ def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: Famil
              shots: Optional[Sequence[int]] = None, episodes: Optional[int] = None, base: Optional[Learner] = None,
              reference: Optional[str] = None, seed: int = 0, lr_grid: Optional[Sequence[float]] = DEFAULT_LR_GRID,
              val_episodes: int = 32, generate: bool = True, max_new_tokens: Optional[int] = None,
-             output_dir: Optional[str] = None, progress: bool = True) -> EvalResults:
+             output_dir: Optional[str] = None, progress: bool = True, reuse: bool = True,
+             episode_batch: int = 1) -> EvalResults:
     """Adapt each method on each held-out task's support set and score it on the query set.
 
     Args:
@@ -125,6 +119,13 @@ def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: Famil
         generate: greedy-decode generation tasks (exact match, ROUGE, BLEU); off: NLL (and label accuracy) only.
         max_new_tokens: decoding budget; default from the support completions (never the query).
         output_dir: when given, results JSON/CSV, a markdown table and PNG plots are written there.
+        reuse: do no work twice (the default): one adaptation trajectory per step size serves every step
+            count (the same numbers as separate runs), and on an encoder's classification tasks the
+            non-adapting methods (frozen baselines, every learner at step 0) encode each text once per
+            run (``eval.features``; equal up to floating-point rounding). False recomputes everything per
+            step count and episode, the way it was first written (a cross-check, and the benchmark's "before").
+        episode_batch: test and val episodes adapted together in one batched computation (``vmap``);
+            pays on accelerators; 1 adapts one episode at a time.
 
     Example:
         >>> results = metalearn.evaluate({"maml": learner}, metalearn.tasks.load("sinusoid"),
@@ -154,36 +155,12 @@ def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: Famil
     total = len(shots_list) * n_test * (len(adapting) * len(steps) + len(frozen_names))
     bar = progress_bar(total=total, desc="evaluate", disable=not progress)
     modules = [lr.adapted.module for lr in list(adapting.values()) + [base]]
+    run = Run(steps, tune, lr_grid, generate, max_new_tokens, reuse, episode_batch, bar)
     with _evaluation_mode(modules, [lr.adapted for lr in list(adapting.values()) + [base]]):
         for k in shots_list:
             for name, learner in adapting.items():
-                val_eps = [_split_episode(learner, t) for t in vals[k]]
-                test_eps = [_split_episode(learner, t) for t in tests[k]]
-                for s in steps:
-                    scale = 1.0
-                    if tune and s > 0:
-                        bar.set_description(f"tune lr {name} K={labels[k]} steps={s}", refresh=False)
-                        scale, metric, scores, losses = _tune(learner, list(zip(vals[k], val_eps)), s, lr_grid)
-                        tuning.append({"method": name, "shots": labels[k], "steps": s, "scale": scale,
-                                       "lr": scale * learner.config.inner.lr,
-                                       "learned_step_sizes": bool(learner.config.inner.learn_step_sizes),
-                                       "metric": metric, "val_score": {str(g): v for g, v in scores.items()},
-                                       "val_loss": {str(g): v for g, v in losses.items()}})
-                    bar.set_description(f"{name} K={labels[k]} steps={s}", refresh=False)
-                    for i, (task, (support_ep, _)) in enumerate(zip(tests[k], test_eps)):
-                        fast, _ = adapt(learner, support_ep, s, scale)
-                        budget = max_new_tokens or _budget(learner, task)
-                        scores = score_params(learner.model, learner.adapted, fast, task, generate=generate,
-                                              max_new_tokens=budget)
-                        records.append(_record(name, labels[k], s, i, task, scores))
-                        bar.update(1)
-            for name in frozen_names:
-                bar.set_description(f"{name} K={labels[k]}", refresh=False)
-                for i, task in enumerate(tests[k]):
-                    budget = max_new_tokens or _budget(base, task)
-                    scores = bl.frozen_scores(name, base, task, generate=generate, max_new_tokens=budget)
-                    records.extend(_record(name, labels[k], s, i, task, scores) for s in steps)
-                    bar.update(1)
+                records += run.adapting(name, learner, labels[k], vals[k], tests[k], tuning)
+            records += run.frozen(frozen_names, base, labels[k], tests[k])
     bar.close()
     settings = {"methods": names, "baselines": list(baselines), "steps": list(steps),
                 "shots": [labels[k] for k in shots_list], "episodes": n_test, "val_episodes": val_episodes if tune else 0,
@@ -198,62 +175,7 @@ def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: Famil
     return results
 
 
-# ---------------------------------------------------------------- adaptation (support only)
-
-
-def adapt(learner: Learner, episode: Episode, steps: int, scale: float = 1.0) -> tuple[Params, list[float]]:
-    """First-order inner loop from the learner's init on ``episode.support`` with step sizes times ``scale``.
-
-    The learner is not modified: a shallow view gets detached copies of the init and scaled step sizes.
-    """
-    view = copy.copy(learner)
-    view.init = {n: t.detach().requires_grad_(True) for n, t in learner.init.items()}
-    view.step_sizes = {n: t.detach() * scale for n, t in learner.step_sizes.items()}
-    with torch.enable_grad():
-        fast, losses = view.inner_adapt(episode, steps=steps, order="first")
-    return {n: t.detach() for n, t in fast.items()}, losses
-
-
-def _split_episode(learner: Learner, task: Task) -> tuple[Episode, Any]:
-    """The episode adaptation sees (support only: its 'query' is the support set again) and the encoded query."""
-    support_only = dataclasses.replace(task, query=task.support)
-    return learner.episode(support_only), learner.model.encode(task.query, task.kind)
-
-
-def _tune(learner: Learner, episodes: list[tuple[Task, tuple[Episode, Any]]], steps: int,
-          grid: Sequence[float]) -> tuple[float, str, dict[float, float], dict[float, float]]:
-    """The grid multiplier with the best mean val score after ``steps`` steps: (multiplier, metric, scores, losses).
-
-    The score is the metric the harness reports (``metrics.PRIMARY``) when it needs no decoding, else the
-    NLL: a query-loss choice can pick a step size that lowers the loss and ruins accuracy. Ties go to the
-    lower loss, then to the multiplier closest to 1; non-finite results rank last.
-    """
-    rows: dict[float, list[dict]] = {}
-    for scale in grid:
-        rows[float(scale)] = []
-        for task, (support_ep, _) in episodes:
-            fast, _ = adapt(learner, support_ep, steps, scale)
-            rows[float(scale)].append(score_params(learner.model, learner.adapted, fast, task, generate=False))
-    first = rows[float(grid[0])][0]
-    metric = metrics.PRIMARY[episodes[0][0].kind]
-    metric = metric if metric in first else "nll"
-    loss = "mse" if "mse" in first else "nll"
-    worst = -math.inf if metrics.HIGHER_IS_BETTER[metric] else math.inf
-    scores = {g: _finite_mean([r[metric] if math.isfinite(r[loss]) else worst for r in rs], worst)
-              for g, rs in rows.items()}  # a diverged episode (non-finite loss) scores worst, whatever its argmax
-    losses = {g: _finite_mean([r[loss] for r in rs], math.inf) for g, rs in rows.items()}
-    sign = -1.0 if metrics.HIGHER_IS_BETTER[metric] else 1.0
-    best = min(scores, key=lambda g: (sign * scores[g], losses[g], abs(math.log(g))))
-    return best, metric, scores, losses
-
-
-def _finite_mean(values: list[float], otherwise: float) -> float:
-    mean = float(np.mean(values))
-    return mean if math.isfinite(mean) else otherwise
-
-
-def _budget(learner: Learner, task: Task) -> int:
-    return decode_budget(task, learner.model.tokenizer) if task.kind == "generation" else 0
+# ---------------------------------------------------------------- evaluation mode
 
 
 @contextlib.contextmanager
@@ -277,10 +199,6 @@ def _evaluation_mode(modules: list, adapted_list: list) -> Iterator[None]:
             m.training = training
         for a, values in saved:
             write_params(a, values)
-
-
-def _record(name: str, shots: Any, steps: int, episode: int, task: Task, scores: dict) -> dict:
-    return {"method": name, "shots": shots, "steps": steps, "episode": episode, "task_id": task.task_id, **scores}
 
 
 # ---------------------------------------------------------------- summaries

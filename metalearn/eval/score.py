@@ -11,32 +11,47 @@ import torch
 import torch.nn.functional as F
 
 from ..adapters import Adapted, write_params
-from ..functional import logits, outputs
+from ..functional import head_logits, logits, outputs
 from ..model import TaskModel
 from ..tasks.task import Task
 from ..types import Params
 from . import metrics
 
-__all__ = ["decode_budget", "score_generation", "score_params", "stop_at_newline"]
+__all__ = ["classification_scores", "decode_budget", "score_generation", "score_params", "stop_at_newline"]
 
 
 def score_params(model: TaskModel, adapted: Adapted, params: Params, task: Task, *, generate: bool = True,
-                 max_new_tokens: int = 32) -> dict[str, float]:
-    """Metrics of adapted ``params`` on ``task.query``: MSE; accuracy/macro-F1/NLL; or NLL/EM/ROUGE/BLEU."""
+                 max_new_tokens: int = 32, by_length: Optional[int] = None) -> dict[str, float]:
+    """Metrics of adapted ``params`` on ``task.query``: MSE; accuracy/macro-F1/NLL; or NLL/EM/ROUGE/BLEU.
+
+    ``by_length=B`` (encoder classification): encode the query texts in batches of at most B texts of
+    similar length (``features.pooled``) instead of one padded batch: less padding, the same numbers up
+    to floating-point rounding.
+    """
     query = task.query
     with torch.no_grad():
         if task.kind == "regression":
             batch = model.encode(query, "regression")
             return {"mse": metrics.mse(outputs(model, params, batch).cpu(), batch["y"].cpu())}
         if task.kind == "classification":
+            if by_length and model.model_type == "encoder":
+                from .features import pooled
+
+                feats = pooled(model, params, list(query["text"]), by_length)  # (n_query, hidden)
+                labels = torch.as_tensor(query["label"]).long().to(feats.device)
+                return classification_scores(head_logits(model, params, feats), labels)
             batch = model.encode(query, "classification")
-            lg = logits(model, params, batch).float()  # (n_query, n_way)
-            true = batch["label"]
-            pred = lg.argmax(-1).cpu().numpy()
-            return {"accuracy": metrics.accuracy(pred, true.cpu().numpy()),
-                    "macro_f1": metrics.macro_f1(pred, true.cpu().numpy(), lg.shape[-1]),
-                    "nll": float(F.cross_entropy(lg, true))}
+            return classification_scores(logits(model, params, batch), batch["label"])
     return score_generation(model, adapted, params, task, generate=generate, max_new_tokens=max_new_tokens)
+
+
+def classification_scores(lg: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
+    """Accuracy, macro-F1 and NLL of logits (n_query, n_way) against the true labels (n_query,)."""
+    lg = lg.float()
+    pred = lg.argmax(-1).cpu().numpy()
+    return {"accuracy": metrics.accuracy(pred, true.cpu().numpy()),
+            "macro_f1": metrics.macro_f1(pred, true.cpu().numpy(), lg.shape[-1]),
+            "nll": float(F.cross_entropy(lg, true))}
 
 
 def score_generation(model: TaskModel, adapted: Optional[Adapted], params: Params, task: Task, *,

@@ -43,13 +43,16 @@ def unroll(loss_fn: LossFn, params: Params, step_sizes: Params, optimizer: Gradi
     meta-batch, see ``inner.batched``) whose sum is differentiated. ``step_size(size, step, param)``
     gives the multiplier of a tensor's direction at ``step``. ``trainable`` (ANIL) restricts the
     adapted tensors to those names; the rest pass through unchanged but stay in the graph.
-    ``on_loss(step, loss)`` sees each support loss (e.g. to guard against NaN); ``on_step(step, params)``
-    sees the parameters after each step (evaluation scores several step counts along one trajectory).
+    ``on_loss(step, loss)`` sees each support loss (e.g. to guard against NaN); ``on_step(k, params)``
+    sees the parameters after k = 0, 1, ..., steps steps (evaluation scores several step counts along
+    one trajectory).
     The losses come back detached, one tensor per step.
     """
     names = [n for n in params if trainable is None or n in set(trainable)]
     state = optimizer.init({n: params[n] for n in names})
     losses: list[torch.Tensor] = []
+    if on_step is not None:
+        on_step(0, params)
     for step in range(steps):
         create_graph = second_order_at(step, steps, order, truncate)
 
@@ -73,6 +76,6 @@ def unroll(loss_fn: LossFn, params: Params, step_sizes: Params, optimizer: Gradi
         if on_loss is not None:
             on_loss(step, loss)
         if on_step is not None:
-            on_step(step, params)
+            on_step(step + 1, params)
         losses.append(loss)
     return params, losses

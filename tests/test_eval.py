@@ -276,6 +276,8 @@ class EmptyTestSplit:
     (dict(family=EmptyTestSplit()), r"cannot sample its 'test' split.*empty"),
     (dict(family=metalearn.tasks.load("text_rules", k_shot=2, q_query=2)), r"cannot run generation tasks"),
     (dict(reference="nobody"), r"reference='nobody' is not one of"),
+    (dict(episode_batch=0), r"episode_batch=0 is invalid.*positive"),
+    (dict(reuse="yes"), r"reuse='yes' is invalid"),
 ])
 def test_bad_input_fails_before_any_adaptation(no_adaptation, kwargs, match):
     args = dict(methods={"m": regression_learner()}, family=SinusoidFamily(), steps=[0, 1], episodes=2,

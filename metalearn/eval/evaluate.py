@@ -133,7 +133,8 @@ def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: Famil
         >>> print(results.table())
     """
     learners, baselines, steps, families, n_test, base = check_inputs(
-        methods, family, baselines, steps, shots, episodes, base, reference, lr_grid, val_episodes, output_dir)
+        methods, family, baselines, steps, shots, episodes, base, reference, lr_grid, val_episodes, output_dir, reuse,
+        episode_batch)
     shots_list = list(families)
     kind = families[shots_list[0]].kind
     n_test = n_test or DEFAULT_EPISODES[kind]

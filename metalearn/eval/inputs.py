@@ -93,8 +93,14 @@ def shots_label(k: Optional[int], tasks: list[Task]) -> Optional[int]:
 
 
 def check_inputs(methods, family, baselines, steps, shots, episodes, base, reference, lr_grid, val_episodes,
-                  output_dir):
+                  output_dir, reuse=True, episode_batch=1):
     """Normalize and validate every argument; raise ValueError with the fix before any work."""
+    if not isinstance(reuse, bool):
+        raise ValueError(f"reuse={reuse!r} is invalid; use True (share work across step counts and episodes) or "
+                         "False (recompute everything, the original path)")
+    if not isinstance(episode_batch, (int, np.integer)) or isinstance(episode_batch, bool) or episode_batch < 1:
+        raise ValueError(f"episode_batch={episode_batch!r} is invalid; use a positive number of episodes adapted "
+                         "together (1: one at a time)")
     if isinstance(methods, Learner):
         methods = {"learner": methods}
     methods = dict(methods or {})

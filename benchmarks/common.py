@@ -163,15 +163,20 @@ class _Saved:
         self.t = t
 
 
-def median_times(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each function, measured round-robin so machine load hits all alike."""
+def median_times(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 1,
+                 clock: Callable[[], float] = time.process_time) -> dict[str, float]:
+    """Median seconds per call of each function, measured round-robin so machine load hits all alike.
+
+    ``clock``: CPU seconds of this process by default (with one torch thread, what the work costs,
+    whatever else runs on the machine); ``time.perf_counter`` for wall time (e.g. after a CUDA sync).
+    """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {k: statistics.median(v) for k, v in times.items()}

@@ -2,7 +2,8 @@
 
 family ─sample─▶ tasks ─encode─▶ episodes ─algorithm─▶ per-task meta-gradients ─average─▶ AdamW step.
 With ``task_batching="off"`` each task's graph is freed right after its gradient, so memory does not
-grow with the meta-batch; the batched default trades memory (about linear in the meta-batch) for speed.
+grow with the meta-batch; the batched default trades memory (about linear in the meta-batch, or in
+``inner.task_chunk`` tasks when set) for speed.
 """
 from __future__ import annotations
 

@@ -10,9 +10,11 @@ meta-gradient.
 
 What cannot be batched (and falls back to the loop): the higher backend, multitask (no inner loop),
 an inner ``clip_norm`` (a global norm per task), tasks of different kinds or ``n_way``, and support or
-query sets with different numbers of examples. Different sequence lengths are padded.
+query sets with different numbers of examples. Different sequence lengths are padded. Attention
+masks (BERT-family encoders, SDPA and eager attention) are built inside the vmapped function without
+transformers' value-dependent shortcuts (``attention_masks.vmappable_masks``).
 Memory: the batched graph holds every task's inner loop at once (about meta-batch x one task's);
-``task_batching="off"`` keeps one task's graph at a time.
+``inner.task_chunk=C`` batches C tasks at a time; ``task_batching="off"`` keeps one task's graph at a time.
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import vmap
 
 from . import adapters as adapters_mod
-from . import card, files, saved
+from . import card, files, quiet, saved
 from .attention_masks import vmappable_masks
 from .config import RunConfig
 from .functional import logits, outputs, prototype_head, task_loss
@@ -155,7 +155,7 @@ class Learner:
 
     def batched_loss(self, params: Params, batch: Batch, kind: str) -> torch.Tensor:
         """The (tasks,) losses of task-stacked ``params`` (tasks, ...) on a task-stacked batch: one ``vmap``."""
-        with vmappable_masks():
+        with vmappable_masks(), quiet.ignoring(quiet.VMAP_SDPA_CPU):
             return vmap(lambda p, b: self.loss(p, b, kind), randomness="different")(params, batch)
 
     def inner_adapt_batched(self, support: Batch, kind: str, n_way: int, init: Params,
@@ -172,7 +172,7 @@ class Learner:
         def start(params: Params, batch: Batch) -> Params:  # e.g. a prototype head from each support set
             return self.start_params(Episode(batch, batch, kind, n_way), params)
 
-        with vmappable_masks():
+        with vmappable_masks(), quiet.ignoring(quiet.VMAP_SDPA_CPU):
             params = vmap(start, randomness="different")(init, support)
         sizes = self._schedule(self.step_sizes if step_sizes is None else step_sizes, steps)
         return unroll_batched(lambda p: self.batched_loss(p, support, kind, support=True), params, sizes, self.optimizer, steps,

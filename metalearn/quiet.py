@@ -8,8 +8,13 @@
   ``kernels`` package) and logs a warning that reads like an error when it is absent; bitsandbytes'
   own kernels run instead. Its record goes to metalearn's logger at DEBUG level.
 
-Warnings are filtered only inside ``ignoring(...)`` blocks around metalearn's own calls into peft;
-the bitsandbytes filter sits on that one bitsandbytes logger, because the message is logged at import.
+* Under ``torch.func.vmap`` (task batching), torch's CPU flash-attention kernel has no batching rule, so
+  SDPA attention runs task by task inside the batched step, and torch warns about "a performance drop"
+  with a request to file an issue. The README's speed section says so; the rest of the step is batched.
+
+Warnings are filtered only inside ``ignoring(...)`` blocks around metalearn's own calls into peft (and
+around the vmapped loss); the bitsandbytes filter sits on that one bitsandbytes logger, because the
+message is logged at import.
 """
 from __future__ import annotations
 
@@ -18,10 +23,12 @@ import logging
 import warnings
 from typing import Iterator
 
-__all__ = ["PEFT_POSITION_IDS", "PEFT_WRAP", "ignoring", "install_log_filters"]
+__all__ = ["PEFT_POSITION_IDS", "PEFT_WRAP", "VMAP_SDPA_CPU", "ignoring", "install_log_filters"]
 
 PEFT_WRAP = (r"`is_gradient_checkpointing` is deprecated", FutureWarning)
 PEFT_POSITION_IDS = (r"Position ids are not supported for parameter efficient tuning", UserWarning)
+VMAP_SDPA_CPU = (r"There is a performance drop because we have not yet implemented the batching rule for "
+                 r"aten::_scaled_dot_product_flash_attention_for_cpu", UserWarning)
 BNB_LOGGER = "bitsandbytes.backends.cpu.ops"
 BNB_KERNELS = "Failed to load CPU gemm_4bit_forward from kernels-community"
 

@@ -153,10 +153,14 @@ class Learner:
             self.trainable_names(params)
             self.loss(params, episode.query, episode.kind)
 
-    def batched_loss(self, params: Params, batch: Batch, kind: str) -> torch.Tensor:
-        """The (tasks,) losses of task-stacked ``params`` (tasks, ...) on a task-stacked batch: one ``vmap``."""
+    def batched_loss(self, params: Params, batch: Batch, kind: str, support: bool = False) -> torch.Tensor:
+        """The (tasks,) losses of task-stacked ``params`` (tasks, ...) on a task-stacked batch: one ``vmap``.
+
+        ``support=True``: the inner loop's loss (``support_loss``) instead of the query loss.
+        """
+        loss = self.support_loss if support else self.loss
         with vmappable_masks(), quiet.ignoring(quiet.VMAP_SDPA_CPU):
-            return vmap(lambda p, b: self.loss(p, b, kind), randomness="different")(params, batch)
+            return vmap(lambda p, b: loss(p, b, kind), randomness="different")(params, batch)
 
     def inner_adapt_batched(self, support: Batch, kind: str, n_way: int, init: Params,
                             step_sizes: Optional[Params] = None, steps: Optional[int] = None,

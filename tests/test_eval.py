@@ -2,7 +2,6 @@
 import csv
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -21,7 +20,6 @@ from metalearn.learner import Learner
 from metalearn.tasks import Task
 from tests.helpers import CopyFamily, IntentFamily, SinusoidFamily, mlp, small_bert, small_llama
 
-harness = sys.modules["metalearn.eval.evaluate"]  # the module (the package's `evaluate` is the function)
 
 
 

@@ -95,7 +95,6 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--rows", type=int, default=4, help="support (and query) sequences per task")
     args = parser.parse_args(argv)
-    logging.getLogger("metalearn").setLevel(logging.WARNING)
     if args.quick:
         device, shape, args.seq, args.repeats, args.meta_batches = "cpu", "quick", 32, 1, [2, 4]
         torch.set_num_threads(1)
@@ -151,4 +150,5 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
+    logging.getLogger("metalearn").setLevel(logging.WARNING)  # here, not in main(): a caller's logging stays as it was
     main()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import math
 import os
 import shutil
@@ -36,8 +35,6 @@ import numpy as np
 import torch
 
 __all__ = ["PretrainConfig", "code_alphabet", "default_cache_dir", "pretrained_base", "table_accuracy", "table_code"]
-
-log = logging.getLogger("metalearn")
 
 VERSION = 2  # bump when the training recipe changes, so old cached bases are not reused
 INFO = "pretrain.json"
@@ -157,6 +154,7 @@ def _rows(family: Any, tok, rng: np.random.Generator, n: int, codes: bool, copy_
 
 def _train(family: Any, config: PretrainConfig, path: str, progress: bool) -> dict:
     from .base import byte_tokenizer, tiny_llama
+    from .progress import bar, library_bars_only_when_live
 
     tok = byte_tokenizer()
     model = tiny_llama(vocab_size=128, hidden_size=config.hidden, layers=config.layers, heads=config.heads,
@@ -170,7 +168,8 @@ def _train(family: Any, config: PretrainConfig, path: str, progress: bool) -> di
     rng = np.random.default_rng(config.seed + 7)
     codes = config.table_codes and _has_tables(family)
     losses, start = [], time.time()
-    for step in range(config.steps):
+    steps = bar(range(config.steps), desc="pretrain base", disable=not progress)
+    for step in steps:
         rows = _rows(family, tok, rng, config.batch, codes, config.copy_fraction, config.max_length)
         width = max(len(r) for r, _ in rows)
         x = torch.full((len(rows), width), tok.pad_token_id)  # (batch, seq)
@@ -185,11 +184,12 @@ def _train(family: Any, config: PretrainConfig, path: str, progress: bool) -> di
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
-        if progress and (step % 250 == 0 or step == config.steps - 1):
-            log.info("pretrain step %d/%d: loss %.3f (%.0fs)", step + 1, config.steps, losses[-1], time.time() - start)
+        if progress:
+            steps.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     model.eval()
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
+    with library_bars_only_when_live():
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
     return {"config": dataclasses.asdict(config), "family": repr(family), "table_codes": codes,
             "seconds": time.time() - start, "losses": losses, "params": sum(p.numel() for p in model.parameters())}
 

@@ -39,7 +39,10 @@ def difference_heatmap(cells: dict[tuple[str, str], tuple[float, float]], rows: 
     """A diverging heat-map: cell (row, column) holds a paired difference and its 95% half-width (``mean ± ci``)."""
     plt = _pyplot()
     grid = [[cells.get((r, c), (float("nan"), 0.0))[0] for c in columns] for r in rows]
-    fig, ax = plt.subplots(figsize=(1.6 * len(columns) + 2.5, 0.6 * len(rows) + 1.8))
+    import textwrap
+
+    width = max(1.6 * len(columns) + 2.5, 5.0)
+    fig, ax = plt.subplots(figsize=(width, 0.6 * len(rows) + 1.8))
     limit = max([abs(v) for row in grid for v in row if v == v] + [1e-9]) or 1.0
     image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit)
     ax.set_xticks(range(len(columns)), [c.replace("_", "\n", 1).replace(" ", "\n", 1) for c in columns], fontsize=8)
@@ -49,7 +52,7 @@ def difference_heatmap(cells: dict[tuple[str, str], tuple[float, float]], rows: 
             if (r, c) in cells:
                 ax.text(j, i, "{:+.1f}\n±{:.1f}".format(*cells[r, c]), ha="center", va="center", fontsize=7)
     fig.colorbar(image, label=label)
-    ax.set_title(title, fontsize=9)
+    ax.set_title("\n".join(textwrap.wrap(title, int(width * 9))), fontsize=9)  # ~9 characters per inch at 9 pt
     fig.tight_layout()
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=120)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .splits import as_range, check_split, draw
+from .splits import as_range, check_split, draw, split_by_fractions
 from .task import SPLITS, Task
 
 __all__ = ["RULES", "Sinusoid", "TextRules", "apply_rule"]
@@ -144,12 +144,8 @@ class TextRules:
             if len(ids) < 3:
                 self._split["train"] += ids
                 continue
-            n_val = max(1, round(fractions["val"] * len(ids)))
-            n_test = max(1, round(fractions["test"] * len(ids)))
-            n_train = len(ids) - n_val - n_test
-            self._split["train"] += ids[:n_train]
-            self._split["val"] += ids[n_train:n_train + n_val]
-            self._split["test"] += ids[n_train + n_val:]
+            for split, part in split_by_fractions(ids, fractions).items():
+                self._split[split] += part
         for s in SPLITS:
             if not self._split[s]:
                 raise ValueError(

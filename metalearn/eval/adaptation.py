@@ -27,6 +27,7 @@ from ..tasks.task import Task
 from ..types import Params
 from . import metrics
 from .score import score_params
+from .workers import forked_map
 
 __all__ = ["adapt", "trajectories", "trajectory", "tune"]
 
@@ -96,23 +97,30 @@ def _batched(learner: Learner, episodes: list[Episode], counts: Sequence[int], s
 
 
 def tune(learner: Learner, episodes: Sequence[tuple[Task, Episode]], counts: Sequence[int], grid: Sequence[float],
-         reuse: bool = True, episode_batch: int = 1) -> dict[int, tuple[float, str, dict[float, float], dict[float, float]]]:
+         reuse: bool = True, episode_batch: int = 1,
+         workers: int = 1) -> dict[int, tuple[float, str, dict[float, float], dict[float, float]]]:
     """Per step count: the grid multiplier with the best mean val score, and (multiplier, metric, scores, losses).
 
     ``episodes`` are (val task, its support-only episode) pairs. ``reuse``: one trajectory per multiplier
     serves every step count; otherwise each count is adapted from scratch (the same numbers, slower).
     The score is the metric the harness reports (``metrics.PRIMARY``) when it needs no decoding, else the
     NLL: a query-loss choice can pick a step size that lowers the loss and ruins accuracy. Ties go to the
-    lower loss, then to the multiplier closest to 1; non-finite results rank last.
+    lower loss, then to the multiplier closest to 1; non-finite results rank last. ``workers`` forked
+    processes share the episodes (``workers.forked_map``).
     """
     rows: dict[int, dict[float, list[dict]]] = {s: {} for s in counts}
-    supports = [support for _, support in episodes]
+    size = max(episode_batch, 1)
+    chunks = [list(episodes[i:i + size]) for i in range(0, len(episodes), size)]
     for scale in grid:
         for run in ([list(counts)] if reuse else [[s] for s in counts]):
-            snapshots = trajectories(learner, supports, run, scale, episode_batch)
-            for s in run:
-                rows[s][float(scale)] = [score_params(learner.model, learner.adapted, snap[s], task, generate=False)
-                                         for snap, (task, _) in zip(snapshots, episodes)]
+            def scored(chunk: list, run: list[int] = run, scale: float = scale) -> list[list[dict]]:
+                snapshots = trajectories(learner, [support for _, support in chunk], run, scale, episode_batch)
+                return [[score_params(learner.model, learner.adapted, snap[s], task, generate=False) for s in run]
+                        for snap, (task, _) in zip(snapshots, chunk)]
+
+            per_episode = [scores for part in forked_map(scored, chunks, workers) for scores in part]
+            for j, s in enumerate(run):
+                rows[s][float(scale)] = [scores[j] for scores in per_episode]
     return {s: _choose(by_scale, episodes[0][0].kind) for s, by_scale in rows.items()}
 
 

@@ -36,6 +36,7 @@ from . import baselines as bl
 from .evaluate import EvalResults, _evaluation_mode, adapt, evaluate, paired_differences, summarize
 from .metrics import HIGHER_IS_BETTER
 from .score import score_params
+from .workers import check_workers, forked_map
 
 __all__ = ["ValidationView", "check_held_out", "choose", "combine", "decide", "decide_tasks", "scaled",
            "support_folds"]
@@ -57,7 +58,7 @@ class ValidationView:
 
 def choose(learner: Learner, family: Any, *, foundation: str = "zero_shot", steps: int = 0, episodes: int = 30,
            metric: Optional[str] = None, margin: float = 0.0, seed: int = 0,
-           lr_grid=None, scale: float = 1.0) -> dict[str, Any]:
+           lr_grid=None, scale: float = 1.0, workers: int = 1) -> dict[str, Any]:
     """Pick ``"meta"`` or ``"foundation"`` for ``family`` from scores on its validation split.
 
     Args:
@@ -70,12 +71,13 @@ def choose(learner: Learner, family: Any, *, foundation: str = "zero_shot", step
         metric: what to compare (default: the primary metric of the family's kind).
         margin: how much better the meta-learned init must be to be kept.
         scale: multiplier of the learner's inner step sizes (e.g. the one ``evaluate`` chose for ``steps``).
+        workers: forked processes sharing the validation episodes (as in ``evaluate``).
     """
     if not 0 <= margin:
         raise ValueError(f"margin={margin!r} is invalid: use a non-negative number")
     results = evaluate({"meta": scaled(learner, scale)}, ValidationView(family), baselines=[foundation], steps=[steps],
                        episodes=episodes, seed=seed + 7919, lr_grid=lr_grid, progress=False,
-                       generate=metric not in ("nll", "accuracy"))
+                       generate=metric not in ("nll", "accuracy"), workers=workers)
     metric = metric or results.settings["primary_metric"]
     meta, _ = results.score("meta", metric, steps)
     base, _ = results.score(foundation, metric, steps)
@@ -175,10 +177,14 @@ def decide(learner: Learner, task: Task, *, steps: int, scale: float = 1.0, foun
     return {"use": use, "task_id": task.task_id, "held_out_accuracy": acc, "held_out_nll": nll, "folds": len(meta)}
 
 
-def decide_tasks(learner: Learner, tasks: Sequence[Task], **kwargs: Any) -> list[dict[str, Any]]:
-    """:func:`decide` for every task, with the model in evaluation mode (as ``evaluate`` runs it)."""
+def decide_tasks(learner: Learner, tasks: Sequence[Task], workers: int = 1, **kwargs: Any) -> list[dict[str, Any]]:
+    """:func:`decide` for every task, with the model in evaluation mode (as ``evaluate`` runs it).
+
+    ``workers`` forked processes share the tasks (``workers.forked_map``; the same decisions).
+    """
+    check_workers(workers)
     with _evaluation_mode([learner.adapted.module], [learner.adapted]):
-        return [decide(learner, task, **kwargs) for task in tasks]
+        return list(forked_map(lambda task: decide(learner, task, **kwargs), list(tasks), workers))
 
 
 def combine(results: EvalResults, meta: str, foundation: str, steps: int, choices: Sequence[dict],

@@ -17,6 +17,7 @@ from ..learner import Learner
 from ..tasks.splits import as_range
 from ..tasks.task import Task, check_family, sample_task
 from . import baselines as bl
+from .workers import check_workers
 
 __all__ = ["MODEL_TYPES_FOR_KIND", "FamilyOrFactory", "check_inputs", "family_for_shots", "sample_tasks",
            "shots_label"]
@@ -93,8 +94,9 @@ def shots_label(k: Optional[int], tasks: list[Task]) -> Optional[int]:
 
 
 def check_inputs(methods, family, baselines, steps, shots, episodes, base, reference, lr_grid, val_episodes,
-                  output_dir, reuse=True, episode_batch=1):
+                  output_dir, reuse=True, episode_batch=1, workers=1):
     """Normalize and validate every argument; raise ValueError with the fix before any work."""
+    check_workers(workers)
     if not isinstance(reuse, bool):
         raise ValueError(f"reuse={reuse!r} is invalid; use True (share work across step counts and episodes) or "
                          "False (recompute everything, the original path)")

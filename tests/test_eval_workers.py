@@ -66,3 +66,9 @@ def test_forked_map_keeps_order_and_raises_a_workers_error_here():
 def test_bad_worker_counts_are_refused_before_any_work(workers):
     with pytest.raises(ValueError, match="workers="):
         evaluate(regression_learners(), SinusoidFamily(), episodes=2, progress=False, workers=workers)
+
+
+def test_workers_are_refused_once_cuda_is_initialized(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.raises(ValueError, match="cannot use CUDA"):
+        evaluate(regression_learners(), SinusoidFamily(), episodes=2, progress=False, workers=2)

@@ -7,7 +7,9 @@ weights and the feature caches without pickling anything: only a job's items (ep
 and its results (plain records) come back, in order. Each episode runs exactly the operations it runs
 in one process, so the numbers are the same (tested).
 
-Forking needs the 'fork' start method (Linux, macOS); ``check_workers`` says so before any work.
+Forking needs the 'fork' start method (Linux, macOS) and a process that has not initialized CUDA (a
+forked child cannot use it); ``check_workers`` says so before any work. On a GPU, ``episode_batch``
+is the way to adapt many episodes at once.
 """
 from __future__ import annotations
 
@@ -28,6 +30,9 @@ def check_workers(workers: Any) -> None:
         raise ValueError(f"workers={workers!r}: use a positive number of processes (1: evaluate in this process)")
     if workers > 1 and "fork" not in multiprocessing.get_all_start_methods():
         raise ValueError(f"workers={workers} needs the 'fork' start method, which this platform lacks; use workers=1")
+    if workers > 1 and torch.cuda.is_initialized():
+        raise ValueError(f"workers={workers} forks this process, and a forked process cannot use CUDA once it is "
+                         "initialized; on a GPU use workers=1 (and episode_batch to adapt episodes together)")
 
 
 def _one_thread() -> None:

@@ -178,7 +178,6 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    logging.getLogger("metalearn").setLevel(logging.WARNING)
     from metalearn.eval.metrics import mean_ci
     from metalearn.tasks import load
 
@@ -217,4 +216,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    logging.getLogger("metalearn").setLevel(logging.WARNING)  # here, not in main(): a caller's logging stays as it was
     main()

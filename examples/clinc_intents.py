@@ -63,6 +63,14 @@ def parse_settings(text: str) -> list[tuple[str, int, int]]:
     return out
 
 
+def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
+    """--compute-dtype and --workers, shared with examples/leave_one_out.py."""
+    parser.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="dtype of the NF4 layers' products; auto: bfloat16 where native (GPU, AVX512-BF16 CPU)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes evaluating episodes in parallel (one thread each); e.g. the number of cores")
+
+
 def compute_dtype(choice: str) -> str:
     """--compute-dtype: 'auto' is bfloat16 where this machine runs it natively (QLoRA's choice), else float32."""
     from metalearn.base import fast_compute_dtype
@@ -215,12 +223,9 @@ def main(argv=None) -> None:
     parser.add_argument("--lr-grid", type=float, nargs="+", default=[0.3, 1.0, 3.0],
                         help="inner-lr multipliers tried on validation episodes")
     parser.add_argument("--fp32", action="store_true", help="keep the base in fp32 instead of NF4")
-    parser.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                        help="dtype of the NF4 layers' products; auto: bfloat16 where native (GPU, AVX512-BF16 CPU)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1 is fastest on a busy machine; small ops gain little)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="processes evaluating episodes in parallel (one thread each); e.g. the number of cores")
+    add_speed_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--report-only", action="store_true", help="only redraw summary.md and the heat-map from "

@@ -46,7 +46,7 @@ from metalearn.eval.report import atomic_write
 from metalearn.tasks import check_target, load, mix
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clinc_intents import compute_dtype, encoder_path  # noqa: E402
+from clinc_intents import add_speed_arguments, compute_dtype, encoder_path  # noqa: E402
 
 DATASETS = ("clinc150", "hwu64", "fewrel", "huffpost")
 TARGET_SPLITS = {"hwu64": [0.25, 0.25, 0.5], "fewrel": [0.34, 0.33, 0.33]}
@@ -121,8 +121,9 @@ def target_for(row: Row, n_way: int, k_shot: int):
 
 
 def adapter_settings(args) -> dict:
-    return dict(model_name=encoder_path(), quantization="nf4", compute_dtype=compute_dtype(args.compute_dtype), lora_r=8,
-                target_modules=["query", "value"], prompt_tokens=args.prompt_tokens, head="prototype", head_metric="cosine", head_temperature=0.05,
+    return dict(model_name=encoder_path(), quantization="nf4", compute_dtype=compute_dtype(args.compute_dtype),
+                lora_r=8, target_modules=["query", "value"], prompt_tokens=args.prompt_tokens, head="prototype",
+                head_metric="cosine", head_temperature=0.05,
                 inner_lr=args.inner_lr, support_temperature=args.support_temperature, seed=args.seed)
 
 
@@ -266,10 +267,7 @@ def main(argv=None) -> None:
     parser.add_argument("--guard-episodes", type=int, default=100,
                         help="validation episodes of the per-target guard (K = 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="processes evaluating episodes in parallel (one thread each); e.g. the number of cores")
-    parser.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                        help="dtype of the NF4 layers' products; auto: bfloat16 where native (GPU, AVX512-BF16 CPU)")
+    add_speed_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--report-only", action="store_true", help="redraw summary.md and the heat-map from summary.json")

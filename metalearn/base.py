@@ -89,9 +89,9 @@ def load_base(config: BaseConfig, model: Optional[nn.Module] = None, second_orde
     """
     attn = config.attn_implementation or ("eager" if second_order else None)
     if config.compute_dtype == "bfloat16" and not native_bf16():
-        log.warning("compute_dtype='bfloat16' on a CPU without AVX512-BF16: bfloat16 matrix products are emulated "
-                    "here, about 30x slower than float32; use compute_dtype='float32' (or "
-                    "metalearn.base.fast_compute_dtype()) on this machine")
+        log.warning("compute_dtype='bfloat16' on a machine without native bfloat16 (a CPU without AVX512-BF16, or a "
+                    "GPU without bf16): bfloat16 matrix products are emulated here, on CPU about 30x slower than "
+                    "float32; use compute_dtype='float32' (or metalearn.base.fast_compute_dtype()) on this machine")
     if model is not None and not hasattr(model, "config"):
         if config.quantization:
             raise ValueError("quantization is set but the model is a plain nn.Module; bitsandbytes quantization "

@@ -43,11 +43,21 @@ def target(path: str) -> str:
     real = os.path.realpath(path)
     if os.path.isfile(real):
         raise ValueError(f"cannot save the learner to {path!r}: it is a file; give a folder path")
-    if os.path.isdir(real) and os.listdir(real) and not os.path.exists(os.path.join(real, CONFIG_FILE)):
+    if _foreign(real):
         raise ValueError(f"cannot save the learner to {path!r}: the folder holds other files and no {CONFIG_FILE}, "
                          "and saving replaces the whole folder; give a new or empty folder, or a saved learner's")
     os.makedirs(os.path.dirname(real), exist_ok=True)
     return real
+
+
+def _foreign(real: str) -> bool:
+    """A non-empty folder without a sidecar: not a saved learner. One listing, so a concurrent save's swap
+    (the folder renamed aside, the new one renamed in) cannot make a learner look foreign mid-check."""
+    try:
+        entries = os.listdir(real)
+    except (FileNotFoundError, NotADirectoryError):  # none there (or swapped away this instant): nothing to guard
+        return False
+    return bool(entries) and CONFIG_FILE not in entries
 
 
 def checksums(folder: str) -> dict[str, str]:

@@ -59,8 +59,14 @@ def task_loss(model: TaskModel, params: Params, batch: Batch, kind: str,
                              f"shape of the outputs (e.g. y.reshape{tuple(out.shape)})")
         return F.mse_loss(out, batch["y"])
     if kind == "classification":
-        return F.cross_entropy(logits(model, params, batch, temperature), batch["label"])
+        return feature_loss(model, params, outputs(model, params, batch), batch["label"], temperature)
     return outputs(model, params, batch)
+
+
+def feature_loss(model: TaskModel, params: Params, feats: torch.Tensor, labels: torch.Tensor,
+                 temperature: Optional[float] = None) -> torch.Tensor:
+    """Classification cross-entropy of pooled features (batch, hidden) under the head in ``params``."""
+    return F.cross_entropy(head_logits(model, params, feats, temperature), labels)
 
 
 def prototype_head(model: TaskModel, params: Params, support: Batch, n_way: int) -> Params:

@@ -152,10 +152,11 @@ def linear4bit_forward(module: nn.Module, cache: Optional[dict]):
     def forward(x: torch.Tensor) -> torch.Tensor:
         dtype = getattr(module, "compute_dtype", None) or x.dtype
         weight = frozen.cached(dtype)
-        out = F.linear(x.to(dtype), weight) if weight is not None else Linear4bitFn.apply(x.to(dtype), frozen, False)
-        if module.bias is not None:
-            out = out + module.bias.to(dtype)
-        return out.to(x.dtype)
+        bias = None if module.bias is None else module.bias.to(dtype)
+        if weight is not None:  # bitsandbytes' gemm_4bit: F.linear(A, dequantized W, bias), the bias fused (addmm)
+            return F.linear(x.to(dtype), weight, bias).to(x.dtype)
+        out = Linear4bitFn.apply(x.to(dtype), frozen, False)
+        return (out if bias is None else out + bias).to(x.dtype)
 
     return forward
 

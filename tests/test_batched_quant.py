@@ -39,6 +39,8 @@ def test_transformable_path_equals_bitsandbytes(layer, cache):
     assert "forward" not in vars(layer)  # restored
     for a, b in zip(reference, ours):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    if cache:  # the same ops as bitsandbytes' gemm_4bit (dequantize, then F.linear with the bias fused): bit for bit
+        assert torch.equal(ours[0], reference[0])
 
 
 @pytest.mark.parametrize("in_dims", [0, 1])

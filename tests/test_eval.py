@@ -66,7 +66,7 @@ def test_lr_search_chooses_by_the_reported_metric_not_the_loss(monkeypatch):
     from metalearn.eval import adaptation
 
     table = {0.3: (0.90, 0.40), 1.0: (0.95, 0.35), 3.0: (0.80, 0.20), 10.0: (1.0, float("nan"))}  # (accuracy, nll)
-    monkeypatch.setattr(adaptation, "trajectories", lambda learner, episodes, counts, scale, batch: [
+    monkeypatch.setattr(adaptation, "trajectories", lambda learner, episodes, counts, scale, batch, reuse: [
         {s: {"scale": scale} for s in counts} for _ in episodes])
     monkeypatch.setattr(adaptation, "score_params", lambda model, adapted, fast, task, generate: {
         "accuracy": table[fast["scale"]][0], "macro_f1": 0.0, "nll": table[fast["scale"]][1]})

@@ -123,3 +123,30 @@ def test_batched_episodes_equal_one_at_a_time(family, make, monkeypatch):
             if isinstance(value, float):
                 assert many_rows[key][metric] == pytest.approx(value, rel=1e-4, abs=1e-6), (key, metric)
     assert [t["scale"] for t in many.tuning] == [t["scale"] for t in one.tuning]
+
+
+@pytest.mark.parametrize("metric, support_temperature", [("cosine", None), ("cosine", 0.5), ("euclidean", None)])
+def test_adaptation_shares_the_prototype_forward_with_the_first_step_and_keeps_the_numbers(metric,
+                                                                                           support_temperature):
+    torch.manual_seed(0)
+    config = make_config(method="fomaml", inner_steps=1, inner_lr=0.5, lora_r=2, init_lora_weights="gaussian",
+                         prompt_tokens=2, head="prototype", head_metric=metric, model_type="encoder",
+                         support_temperature=support_temperature, attn_implementation="eager",
+                         target_modules=["query", "value"])
+    learner = build_learner(config, small_bert(0), byte_tokenizer())
+    episode = support_episode(learner, IntentFamily().sample("test", np.random.default_rng(1)))
+    forwards = []
+    hook = learner.model.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        with torch.enable_grad():
+            full, full_losses = learner.inner_adapt(episode, steps=3, order="first")  # head from its own forward
+            n_full = len(forwards)
+            shared, shared_losses = learner.inner_adapt(episode, steps=3, order="first", meta_gradient=False)
+    finally:
+        hook.remove()
+    assert (n_full, len(forwards) - n_full) == (4, 3)  # prototypes + 3 steps, vs 3 steps
+    assert shared_losses == full_losses
+    assert set(shared) == set(full) and all(torch.equal(shared[n].detach(), full[n].detach()) for n in full)
+    assert not torch.equal(full["head.weight"], learner.start_params(episode)["head.weight"])  # the steps moved it
+    with pytest.raises(ValueError, match="order must be 'first'"):
+        learner.inner_adapt(episode, steps=1, order="second", meta_gradient=False)

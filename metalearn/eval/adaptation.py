@@ -3,7 +3,9 @@
 One trajectory serves every step count that shares a step size: scores after 1, 2, 5 and 10 steps
 come from the parameters of one 10-step run at those points, instead of four runs (18 steps). The
 parameters after k steps of a longer run are those of a k-step run (the same operations in the same
-order), so the numbers do not change (tested against separate runs). Episodes can also be adapted
+order), so the numbers do not change (tested against separate runs). No meta-gradient is needed here,
+so a prototype head's support forward at the init also serves the first inner step (one pass of the
+1 + 2k of a k-step loop, the same numbers). Episodes can also be adapted
 many at a time, ``episode_batch`` at once (``Learner.inner_adapt_batched``: one ``vmap`` over stacked
 support sets, as in meta-training), where their support sets stack; that pays on accelerators and
 changes results only by floating-point rounding.
@@ -46,12 +48,17 @@ def scaled(learner: Learner, scale: float) -> Learner:
 def adapt(learner: Learner, episode: Episode, steps: int, scale: float = 1.0) -> tuple[Params, list[float]]:
     """First-order inner loop from the learner's init on ``episode.support`` with step sizes times ``scale``."""
     with torch.enable_grad():
-        fast, losses = scaled(learner, scale).inner_adapt(episode, steps=steps, order="first")
+        fast, losses = scaled(learner, scale).inner_adapt(episode, steps=steps, order="first", meta_gradient=False)
     return {n: t.detach() for n, t in fast.items()}, losses
 
 
-def trajectory(learner: Learner, episode: Episode, counts: Sequence[int], scale: float = 1.0) -> Snapshots:
-    """The parameters after each of ``counts`` inner steps, all from one run of ``max(counts)`` steps."""
+def trajectory(learner: Learner, episode: Episode, counts: Sequence[int], scale: float = 1.0,
+               reuse: bool = True) -> Snapshots:
+    """The parameters after each of ``counts`` inner steps, all from one run of ``max(counts)`` steps.
+
+    ``reuse``: a prototype head's support forward also serves the first step (``Learner.inner_adapt``
+    with ``meta_gradient=False``: one pass fewer, the same numbers); off, the path as first written.
+    """
     wanted, kept = set(counts), {}
 
     def keep(step: int, params: Params) -> None:
@@ -59,18 +66,19 @@ def trajectory(learner: Learner, episode: Episode, counts: Sequence[int], scale:
             kept[step] = {n: t.detach() for n, t in params.items()}
 
     with torch.enable_grad():
-        scaled(learner, scale).inner_adapt(episode, steps=max(counts), order="first", on_step=keep)
+        scaled(learner, scale).inner_adapt(episode, steps=max(counts), order="first", on_step=keep,
+                                             meta_gradient=not reuse)
     return kept
 
 
 def trajectories(learner: Learner, episodes: Sequence[Episode], counts: Sequence[int], scale: float = 1.0,
-                 episode_batch: int = 1) -> list[Snapshots]:
+                 episode_batch: int = 1, reuse: bool = True) -> list[Snapshots]:
     """``trajectory`` of each episode; ``episode_batch`` > 1 adapts that many at once where their supports stack."""
     out: list[Snapshots] = []
     for start in range(0, len(episodes), max(episode_batch, 1)):
         group = list(episodes[start:start + max(episode_batch, 1)])
         batched = _batched(learner, group, counts, scale) if len(group) > 1 else None
-        out += batched if batched is not None else [trajectory(learner, e, counts, scale) for e in group]
+        out += batched if batched is not None else [trajectory(learner, e, counts, scale, reuse) for e in group]
     return out
 
 
@@ -102,7 +110,8 @@ def tune(learner: Learner, episodes: Sequence[tuple[Task, Episode]], counts: Seq
     """Per step count: the grid multiplier with the best mean val score, and (multiplier, metric, scores, losses).
 
     ``episodes`` are (val task, its support-only episode) pairs. ``reuse``: one trajectory per multiplier
-    serves every step count; otherwise each count is adapted from scratch (the same numbers, slower).
+    serves every step count (and ``trajectory``'s shared forward); otherwise each count is adapted from
+    scratch (the same numbers, slower).
     The score is the metric the harness reports (``metrics.PRIMARY``) when it needs no decoding, else the
     NLL: a query-loss choice can pick a step size that lowers the loss and ruins accuracy. Ties go to the
     lower loss, then to the multiplier closest to 1; non-finite results rank last. ``workers`` forked
@@ -114,7 +123,7 @@ def tune(learner: Learner, episodes: Sequence[tuple[Task, Episode]], counts: Seq
     for scale in grid:
         for run in ([list(counts)] if reuse else [[s] for s in counts]):
             def scored(chunk: list, run: list[int] = run, scale: float = scale) -> list[list[dict]]:
-                snapshots = trajectories(learner, [support for _, support in chunk], run, scale, episode_batch)
+                snapshots = trajectories(learner, [support for _, support in chunk], run, scale, episode_batch, reuse)
                 return [[score_params(learner.model, learner.adapted, snap[s], task, generate=False) for s in run]
                         for snap, (task, _) in zip(snapshots, chunk)]
 

@@ -120,7 +120,8 @@ def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: Famil
         max_new_tokens: decoding budget; default from the support completions (never the query).
         output_dir: when given, results JSON/CSV, a markdown table and PNG plots are written there.
         reuse: do no work twice (the default): one adaptation trajectory per step size serves every step
-            count (the same numbers as separate runs), and on an encoder's classification tasks the
+            count (the same numbers as separate runs), a prototype head's support forward serves the
+            first inner step too (the same numbers), and on an encoder's classification tasks the
             non-adapting methods (frozen baselines, every learner at step 0) encode each text once per
             run (``eval.features``; equal up to floating-point rounding). False recomputes everything per
             step count and episode, the way it was first written (a cross-check, and the benchmark's "before").

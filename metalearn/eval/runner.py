@@ -79,7 +79,7 @@ class Run:
 
             def adapt_and_score(chunk: range, group: list[int] = group) -> list[tuple[tuple[int, int], dict]]:
                 snapshots = trajectories(learner, [test_eps[i] for i in chunk], group, scales[group[-1]],
-                                         self.episode_batch)
+                                         self.episode_batch, self.reuse)
                 out = []
                 for i, snap in zip(chunk, snapshots):
                     task = tests[i]

@@ -26,6 +26,7 @@ those of the earlier run (README) for HWU64 and FewRel, the specs' for CLINC150 
 
     python examples/leave_one_out.py --quick      # checks the whole path in about a minute (CI)
     python examples/leave_one_out.py              # the full experiment: 600 paired episodes per cell
+    python examples/leave_one_out.py --targets huffpost --resume   # add cells to an earlier run's table
 
 Writes ``summary.md``/``summary.json``, ``loo_heatmap.png`` and each cell's harness files under ``--output-dir``.
 """
@@ -144,7 +145,7 @@ def train(row: Row, mixture, args, out: str) -> dict[str, metalearn.Learner]:
 
 def evaluate_cell(row: Row, learners: dict, family, n_way: int, k_shot: int, args, out: str) -> tuple[list, dict]:
     """Every method on the cell's test episodes, then the guarded ProtoMAML; rows for the summary and the guard's record."""
-    cell = f"{row.label} {n_way}w{k_shot}s"
+    cell = cell_name(row, n_way, k_shot)
     folder = os.path.join(out, f"{row.target}{'_in' if row.in_domain else ''}_{n_way}way_{k_shot}shot")
     results = metalearn.evaluate(learners, family, baselines=BASELINES, steps=args.steps, episodes=args.episodes,
                                  lr_grid=args.lr_grid, val_episodes=args.val_episodes, seed=args.seed,
@@ -170,6 +171,44 @@ def evaluate_cell(row: Row, learners: dict, family, n_way: int, k_shot: int, arg
     rows += [{"cell": cell, "paired": True, **pair} for pair in versus_protonet(results.records, last)]
     print(f"\n## {cell}\n\n{results.table('accuracy')}\nguard: {record}")
     return rows, {cell: record}
+
+
+def cell_name(row: Row, n_way: int, k_shot: int) -> str:
+    return f"{row.label} {n_way}w{k_shot}s"
+
+
+RUN_ARGS = {"quick", "output_dir", "targets", "in_domain", "settings", "threads", "workers", "quiet", "report_only",
+            "resume", "argv"}
+"""Arguments that say which cells to run and how fast, not what a cell computes: a resumed run may change them."""
+
+
+def resumed(previous: dict, args) -> dict:
+    """The summary of an earlier run to extend (``--resume``), if it computed its cells the way ``args`` would."""
+    now = {k: v for k, v in vars(args).items() if k not in RUN_ARGS}
+    then = {k: v for k, v in previous["args"].items() if k not in RUN_ARGS}
+    differ = sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k))
+    if differ:
+        raise SystemExit(f"--resume: {args.output_dir} holds cells computed with other settings "
+                         f"({', '.join(f'{k}={then.get(k)!r} there, {now.get(k)!r} here' for k in differ)}); "
+                         "pass the same settings, or another --output-dir")
+    previous.setdefault("runs", [{"argv": previous["args"]["argv"], "minutes": previous.get("minutes", 0.0)}])
+    return previous
+
+
+def checkout() -> str:
+    """This code's git commit ('+' when the checkout has uncommitted changes), 'unknown' outside git: which
+    code computed the cells a run added (a resumed table may hold cells of several runs)."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+" if dirty else "")
 
 
 def versus_protonet(records: list[dict], last: int) -> list[dict]:
@@ -228,12 +267,19 @@ def tables(summary: dict, out: str) -> str:
 
 def report(summary: dict, out: str) -> str:
     args = summary["args"]
-    minutes = summary.get("minutes")
+    runs = summary.get("runs") or [{"argv": args["argv"], "minutes": summary.get("minutes")}]
+
+    def command(run: dict) -> str:
+        notes = ([f"{run['minutes']:.1f} min wall time"] if run.get("minutes") else []) + (
+            [f"code {run['code']}"] if run.get("code") else [])
+        return f"`python examples/leave_one_out.py {' '.join(run['argv'])}`" + (f" ({', '.join(notes)})" if notes else "")
+
+    commands = "; then ".join(command(r) for r in runs)
     text = (f"# Leave one data set out, all-MiniLM-L6-v2 in NF4\n\n"
             f"Accuracy (%) on the query sets (5 per class), mean ± 95% CI over {args['episodes']} paired test episodes "
             f"per cell; adapting methods after the step count shown, inner learning rates chosen on validation "
-            f"episodes by accuracy.\nCommand: `python examples/leave_one_out.py {' '.join(args['argv'])}`"
-            + (f" ({minutes:.1f} min wall time)" if minutes else "") + ".\n\n" + tables(summary, out) + "\n")
+            f"episodes by accuracy.\nCommand{'s' if len(runs) > 1 else ''}: {commands}.\n\n"
+            + tables(summary, out) + "\n")
     atomic_write(os.path.join(out, "summary.md"), text)
     return text
 
@@ -271,6 +317,9 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--report-only", action="store_true", help="redraw summary.md and the heat-map from summary.json")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the cells already in --output-dir's summary.json (run with the same settings) and "
+                        "run only the missing ones (a row with a missing cell is meta-trained again)")
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     if args.quick:
@@ -284,25 +333,40 @@ def main(argv=None) -> None:
     rows = parse_rows(args.targets, args.in_domain, list(DATASETS))  # bad input fails before any work
     settings = parse_settings(args.settings)
     torch.set_num_threads(args.threads)
+    summary_path = os.path.join(out, "summary.json")
+    summary = {"args": {k: v for k, v in vars(args).items()}, "rows": [], "guard": {}, "runs": []}
+    if args.resume and os.path.exists(summary_path):
+        with open(summary_path, encoding="utf-8") as f:
+            summary = resumed(json.load(f), args)  # refused before any work if its cells were computed otherwise
+    done = {r["cell"] for r in summary["rows"]}
     os.makedirs(out, exist_ok=True)
     started = time.time()
-    summary = {"args": {k: v for k, v in vars(args).items()}, "rows": [], "guard": {}}
+    this_run = {"argv": args.argv, "minutes": 0.0, "code": checkout()}  # listed once it has added a cell
     for row in rows:
+        todo = {}
+        for n_way, k_shot in settings:
+            family = None if cell_name(row, n_way, k_shot) in done else target_for(row, n_way, k_shot)
+            if family is not None:
+                todo[n_way, k_shot] = family
+            elif cell_name(row, n_way, k_shot) not in done:
+                print(f"skipping {row.label} {n_way}w{k_shot}s: too few validation or test classes for {n_way}-way")
+        if not todo:
+            print(f"{row.label}: no cell left to run")
+            continue
         mixture = sources_for(row, args)
         row_dir = os.path.join(out, row.target + ("_in" if row.in_domain else "_loo"))
         learners = train(row, mixture, args, row_dir)
-        for n_way, k_shot in settings:
-            family = target_for(row, n_way, k_shot)
-            if family is None:
-                print(f"skipping {row.label} {n_way}w{k_shot}s: too few validation or test classes for {n_way}-way")
-                continue
+        for (n_way, k_shot), family in todo.items():
             if row.in_domain:
                 guard.check_held_out(mixture, family)
             cell_rows, record = evaluate_cell(row, learners, family, n_way, k_shot, args, row_dir)
             summary["rows"] += cell_rows
             summary["guard"].update(record)
-            summary["minutes"] = (time.time() - started) / 60
-            atomic_write(os.path.join(out, "summary.json"), json.dumps(summary, indent=2))
+            if not summary["runs"] or summary["runs"][-1] is not this_run:
+                summary["runs"].append(this_run)
+            this_run["minutes"] = (time.time() - started) / 60
+            summary["minutes"] = sum(r["minutes"] for r in summary["runs"])
+            atomic_write(summary_path, json.dumps(summary, indent=2))
     print("\n" + report(summary, out))
     print(f"wall time {(time.time() - started) / 60:.1f} min")
 

@@ -59,3 +59,31 @@ def test_rows_sources_and_targets():
     hwu = loo.conventional("hwu64")
     assert set(held_out.classes("val")) == set(hwu.classes("train") + hwu.classes("val")) and not held_out.classes("train")
     assert loo.target_for(rows[1], 15, 1) is None  # FewRel has 6 test relations: no 15-way cell
+
+
+def test_resume_runs_only_the_missing_cells_and_refuses_other_settings(tmp_path, monkeypatch):
+    loo = example()
+    out = tmp_path / "loo"
+    loo.main(["--quick", "--quiet", "--output-dir", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    kept = [r for r in summary["rows"] if r["cell"] == "huffpost 5w1s"]
+    summary["rows"] = kept  # as if the run had stopped after its first cell
+    del summary["guard"]["huffpost 5w2s"]
+    (out / "summary.json").write_text(json.dumps(summary))
+    calls = []
+    real = loo.evaluate_cell
+    monkeypatch.setattr(loo, "evaluate_cell", lambda row, learners, family, n, k, *a: calls.append((n, k)) or real(
+        row, learners, family, n, k, *a))
+    loo.main(["--quick", "--quiet", "--resume", "--output-dir", str(out)])
+    assert calls == [(5, 2)]
+    resumed = json.loads((out / "summary.json").read_text())
+    assert [r for r in resumed["rows"] if r["cell"] == "huffpost 5w1s"] == kept  # the earlier cell, untouched
+    assert {r["cell"] for r in resumed["rows"]} == {"huffpost 5w1s", "huffpost 5w2s"}
+    assert len(resumed["runs"]) == 2 and resumed["minutes"] == pytest.approx(sum(r["minutes"] for r in resumed["runs"]))
+    assert (out / "summary.md").read_text().count("python examples/leave_one_out.py --quick") == 2  # both commands
+    loo.main(["--quick", "--quiet", "--resume", "--output-dir", str(out)])
+    assert calls == [(5, 2)]  # nothing left to run: no cell, no training
+    before = (out / "summary.json").read_text()
+    with pytest.raises(SystemExit, match="seed=0 there, 1 here"):
+        loo.main(["--quick", "--quiet", "--resume", "--seed", "1", "--output-dir", str(out)])
+    assert (out / "summary.json").read_text() == before

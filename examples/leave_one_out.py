@@ -17,8 +17,9 @@ Methods, each cell a paired difference from the frozen encoder (cosine prototype
 * ``random_init``: random-init PEFT (LoRA with a random A and B = 0, plus a random soft prompt if any) fine-tuned
   the same way;
 * ``prototypes`` / ``linear_probe``: the frozen encoder;
-* ``protomaml+guard``: per task from its support set at K >= 2 (leave-one-shot-out folds), per target on its
-  validation classes at K = 1 (``metalearn.eval.guard``).
+* ``protomaml+guard``: at K >= 2 per task from its support set (leave-one-shot-out folds) behind a per-target
+  gate on the validation classes (``guard.decide_gated``), at K = 1 per target on the validation classes
+  (``metalearn.eval.guard``).
 
 Inner learning rates are chosen per method and step count on validation episodes, by accuracy. A held-out
 target's validation classes are all its non-test classes (nothing of it is trained on); its test classes are
@@ -27,6 +28,7 @@ those of the earlier run (README) for HWU64 and FewRel, the specs' for CLINC150 
     python examples/leave_one_out.py --quick      # checks the whole path in about a minute (CI)
     python examples/leave_one_out.py              # the full experiment: 600 paired episodes per cell
     python examples/leave_one_out.py --targets huffpost --resume   # add cells to an earlier run's table
+    python examples/leave_one_out.py --guard-only   # the guarded rows again, after a change to the guard
 
 Writes ``summary.md``/``summary.json``, ``loo_heatmap.png`` and each cell's harness files under ``--output-dir``.
 """
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -48,6 +51,7 @@ from metalearn.tasks import check_target, load, mix
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clinc_intents import add_speed_arguments, compute_dtype, encoder_path  # noqa: E402
+from loo_report import checkout, report  # noqa: E402
 
 DATASETS = ("clinc150", "hwu64", "fewrel", "huffpost")
 TARGET_SPLITS = {"hwu64": [0.25, 0.25, 0.5], "fewrel": [0.34, 0.33, 0.33]}
@@ -145,19 +149,28 @@ def train(row: Row, mixture, args, out: str) -> dict[str, metalearn.Learner]:
 
 def evaluate_cell(row: Row, learners: dict, family, n_way: int, k_shot: int, args, out: str) -> tuple[list, dict]:
     """Every method on the cell's test episodes, then the guarded ProtoMAML; rows for the summary and the guard's record."""
-    cell = cell_name(row, n_way, k_shot)
-    folder = os.path.join(out, f"{row.target}{'_in' if row.in_domain else ''}_{n_way}way_{k_shot}shot")
     results = metalearn.evaluate(learners, family, baselines=BASELINES, steps=args.steps, episodes=args.episodes,
                                  lr_grid=args.lr_grid, val_episodes=args.val_episodes, seed=args.seed,
                                  reference="prototypes", progress=not args.quiet, workers=args.workers)
+    return guarded_rows(row, results, learners["protomaml"], family, n_way, k_shot, args, out)
+
+
+def guarded_rows(row: Row, results, meta, family, n_way: int, k_shot: int, args, out: str) -> tuple[list, dict]:
+    """The guarded ProtoMAML added to a cell's results (saved to its folder); the cell's summary rows and guard record.
+
+    K >= 2: per task from its support folds, behind a per-target gate on the validation classes
+    (``guard.decide_gated``); K = 1: per target on the validation classes (``guard.choose``).
+    """
+    cell = cell_name(row, n_way, k_shot)
     last = max(args.steps)
     tuned = [t["scale"] for t in results.tuning if t["method"] == "protomaml" and t["steps"] == last]
     scale = tuned[0] if tuned else 1.0
-    meta = learners["protomaml"]
     if k_shot >= 2:
-        choices = guard.decide_tasks(meta, sample_tasks(family, "test", args.episodes, args.seed), steps=last,
-                                     scale=scale, folds=args.guard_folds, workers=args.workers)
-        record = {"kind": "per task (support folds)", "adapted": sum(c["use"] == "meta" for c in choices) / len(choices)}
+        choices, gate = guard.decide_gated(meta, family, sample_tasks(family, "test", args.episodes, args.seed),
+                                           steps=last, scale=scale, folds=args.guard_folds,
+                                           episodes=args.guard_episodes, seed=args.seed, workers=args.workers)
+        record = {"kind": "per target gate, then per task (support folds)", "val": gate["val"],
+                  "adapted": sum(c["use"] == "meta" for c in choices) / len(choices)}
     else:
         choice = guard.choose(meta, family, foundation="prototypes", steps=last, episodes=args.guard_episodes,
                               metric="accuracy", seed=args.seed, scale=scale, workers=args.workers)
@@ -165,7 +178,7 @@ def evaluate_cell(row: Row, learners: dict, family, n_way: int, k_shot: int, arg
         record = {"kind": "per target (validation classes)", "adapted": float(choice["use"] == "meta"),
                   "val": choice["val"]}
     results = guard.combine(results, "protomaml", "prototypes", last, choices)
-    results.save(folder)
+    results.save(os.path.join(out, f"{row.target}{'_in' if row.in_domain else ''}_{n_way}way_{k_shot}shot"))
     rows = [{"cell": cell, **r} for r in results.summary if r["metric"] == "accuracy"]
     rows += [{"cell": cell, "paired": True, **r} for r in results.paired if r["metric"] == "accuracy"]
     rows += [{"cell": cell, "paired": True, **pair} for pair in versus_protonet(results.records, last)]
@@ -173,12 +186,37 @@ def evaluate_cell(row: Row, learners: dict, family, n_way: int, k_shot: int, arg
     return rows, {cell: record}
 
 
+def guard_again(summary: dict, args, out: str) -> None:
+    """Recompute the guarded rows of the finished K >= 2 cells in ``out`` with today's guard, from each cell's
+    saved results and its row's saved ProtoMAML (nothing else is re-run); rewrites summary.json."""
+    from metalearn.eval.evaluate import EvalResults, paired_differences, summarize
+
+    for cell in list(dict.fromkeys(r["cell"] for r in summary["rows"])):
+        target, in_domain, n_way, k_shot = re.fullmatch(r"(\w+)( \(in-domain\))? (\d+)w(\d+)s", cell).groups()
+        row, n_way, k_shot = Row(target, [], bool(in_domain)), int(n_way), int(k_shot)
+        if k_shot < 2:
+            continue  # the per-target guard of K = 1 is unchanged
+        row_dir = os.path.join(out, row.target + ("_in" if row.in_domain else "_loo"))
+        with open(os.path.join(row_dir, f"{target}{'_in' if in_domain else ''}_{n_way}way_{k_shot}shot",
+                               "results.json"), encoding="utf-8") as f:
+            saved = json.load(f)
+        records = [r for r in saved["records"] if r["method"] != "protomaml+guard"]
+        settings = {**saved["settings"], "methods": [m for m in saved["settings"]["methods"] if m != "protomaml+guard"]}
+        results = EvalResults(records, summarize(records), paired_differences(records, "prototypes"), saved["tuning"],
+                              settings)
+        meta = metalearn.load(os.path.join(row_dir, "train_protomaml", "learner"))
+        rows, record = guarded_rows(row, results, meta, target_for(row, n_way, k_shot), n_way, k_shot, args, row_dir)
+        summary["rows"] = [r for r in summary["rows"] if r["cell"] != cell] + rows
+        summary["guard"].update(record)
+        atomic_write(os.path.join(out, "summary.json"), json.dumps(summary, indent=2))
+
+
 def cell_name(row: Row, n_way: int, k_shot: int) -> str:
     return f"{row.label} {n_way}w{k_shot}s"
 
 
 RUN_ARGS = {"quick", "output_dir", "targets", "in_domain", "settings", "threads", "workers", "quiet", "report_only",
-            "resume", "argv"}
+            "guard_only", "resume", "argv"}
 """Arguments that say which cells to run and how fast, not what a cell computes: a resumed run may change them."""
 
 
@@ -195,22 +233,6 @@ def resumed(previous: dict, args) -> dict:
     return previous
 
 
-def checkout() -> str:
-    """This code's git commit ('+' when the checkout has uncommitted changes), 'unknown' outside git: which
-    code computed the cells a run added (a resumed table may hold cells of several runs)."""
-    import subprocess
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+" if dirty else "")
-
-
 def versus_protonet(records: list[dict], last: int) -> list[dict]:
     """ProtoMAML minus ProtoNet (at 0 steps and at ``last``), paired over the same episodes."""
     def scores(method, steps):
@@ -225,63 +247,6 @@ def versus_protonet(records: list[dict], last: int) -> list[dict]:
         out.append({"method": "protomaml", "reference": f"protonet ({steps} steps)", "steps": last,
                     "metric": "accuracy", "mean_diff": mean, "ci95": ci, "n": len(episodes)})
     return out
-
-
-TABLE_METHODS = [("protomaml", "last"), ("protomaml+guard", "last"), ("protonet", 0), ("protonet", "last"),
-                 ("finetune", "last"), ("random_init", "last"), ("linear_probe", "last"), ("prototypes", "last")]
-
-
-def tables(summary: dict, out: str) -> str:
-    """Accuracy, difference from the frozen encoder, and ProtoMAML − ProtoNet, as markdown; draws the heat-map."""
-    from metalearn.plots import difference_heatmap
-
-    rows, last = summary["rows"], max(summary["args"]["steps"])
-    cells = list(dict.fromkeys(r["cell"] for r in rows))
-    label = lambda m, s: m if m in ("prototypes", "linear_probe") else f"{m} ({s} step{'' if s == 1 else 's'})"  # noqa: E731
-    head = lambda first: ["| " + first + " | " + " | ".join(cells) + " |", "|---" * (len(cells) + 1) + "|"]  # noqa: E731
-    acc, diff, heat = head("accuracy (%)"), head("paired difference from the frozen encoder"), {}
-    for method, steps in TABLE_METHODS:
-        steps = last if steps == "last" else steps
-        a = {r["cell"]: r for r in rows if not r.get("paired") and r["method"] == method and r["steps"] == steps}
-        d = {r["cell"]: r for r in rows if r.get("paired") and r["method"] == method and r["steps"] == steps
-             and r["reference"] == "prototypes"}
-        acc.append(f"| {label(method, steps)} | " + " | ".join(
-            f"{100 * a[c]['mean']:.1f} ± {100 * a[c]['ci95']:.1f}" if c in a else "" for c in cells) + " |")
-        if method != "prototypes":
-            diff.append(f"| {label(method, steps)} | " + " | ".join(
-                f"{100 * d[c]['mean_diff']:+.1f} ± {100 * d[c]['ci95']:.1f}" if c in d else "" for c in cells) + " |")
-            heat.update({(label(method, steps), c): (100 * d[c]["mean_diff"], 100 * d[c]["ci95"]) for c in d})
-    versus = head("ProtoMAML − ProtoNet (paired)")
-    for ref in list(dict.fromkeys(r["reference"] for r in rows if r.get("reference", "").startswith("protonet"))):
-        d = {r["cell"]: r for r in rows if r.get("reference") == ref}
-        versus.append(f"| − {ref} | " + " | ".join(
-            f"{100 * d[c]['mean_diff']:+.1f} ± {100 * d[c]['ci95']:.1f}" if c in d else "" for c in cells) + " |")
-    methods = list(dict.fromkeys(m for m, _ in heat))
-    difference_heatmap(heat, methods, cells, os.path.join(out, "loo_heatmap.png"),
-                       "leave one data set out: paired difference from the frozen encoder (95% CI)")
-    guard_lines = [f"- {c}: {g['kind']}, adapted on {100 * g['adapted']:.0f}% of episodes"
-                   + (f" (validation accuracy meta {g['val']['meta']:.3f} vs frozen {g['val']['foundation']:.3f})"
-                      if "val" in g else "") for c, g in summary["guard"].items()]
-    return "\n\n".join(["\n".join(acc), "\n".join(diff), "\n".join(versus), "The guard:\n" + "\n".join(guard_lines)])
-
-
-def report(summary: dict, out: str) -> str:
-    args = summary["args"]
-    runs = summary.get("runs") or [{"argv": args["argv"], "minutes": summary.get("minutes")}]
-
-    def command(run: dict) -> str:
-        notes = ([f"{run['minutes']:.1f} min wall time"] if run.get("minutes") else []) + (
-            [f"code {run['code']}"] if run.get("code") else [])
-        return f"`python examples/leave_one_out.py {' '.join(run['argv'])}`" + (f" ({', '.join(notes)})" if notes else "")
-
-    commands = "; then ".join(command(r) for r in runs)
-    text = (f"# Leave one data set out, all-MiniLM-L6-v2 in NF4\n\n"
-            f"Accuracy (%) on the query sets (5 per class), mean ± 95% CI over {args['episodes']} paired test episodes "
-            f"per cell; adapting methods after the step count shown, inner learning rates chosen on validation "
-            f"episodes by accuracy.\nCommand{'s' if len(runs) > 1 else ''}: {commands}.\n\n"
-            + tables(summary, out) + "\n")
-    atomic_write(os.path.join(out, "summary.md"), text)
-    return text
 
 
 def main(argv=None) -> None:
@@ -317,6 +282,9 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--report-only", action="store_true", help="redraw summary.md and the heat-map from summary.json")
+    parser.add_argument("--guard-only", action="store_true",
+                        help="recompute the guarded rows of the finished K >= 2 cells in --output-dir (after a change "
+                        "to the guard), from their saved results and ProtoMAML learners")
     parser.add_argument("--resume", action="store_true",
                         help="keep the cells already in --output-dir's summary.json (run with the same settings) and "
                         "run only the missing ones (a row with a missing cell is meta-trained again)")
@@ -327,8 +295,11 @@ def main(argv=None) -> None:
         args.episodes, args.val_episodes, args.lr_grid, args.steps = 3, 2, [1.0], [0, 1]
         args.train_episodes, args.train_ways, args.train_shots, args.guard_episodes, args.guard_folds = 2, 5, [1, 2], 2, 2
     out = args.output_dir
-    if args.report_only:
-        print(report(json.loads(open(os.path.join(out, "summary.json")).read()), out))
+    if args.report_only or args.guard_only:
+        summary = json.loads(open(os.path.join(out, "summary.json")).read())
+        if args.guard_only:
+            guard_again(summary, argparse.Namespace(**{**summary["args"], "workers": args.workers}), out)
+        print(report(summary, out))
         return
     rows = parse_rows(args.targets, args.in_domain, list(DATASETS))  # bad input fails before any work
     settings = parse_settings(args.settings)

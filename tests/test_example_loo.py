@@ -28,7 +28,7 @@ def test_leave_one_out_quick(tmp_path):
     assert all(0.0 <= r["mean"] <= 1.0 for r in rows)
     paired = [r for r in summary["rows"] if r.get("paired")]
     assert {r["reference"] for r in paired} == {"prototypes", "protonet (0 steps)", "protonet (1 steps)"}
-    assert summary["guard"]["huffpost 5w2s"]["kind"].startswith("per task")  # K = 2: decided from each support set
+    assert summary["guard"]["huffpost 5w2s"]["kind"] == "per target gate, then per task (support folds)"  # K = 2
     assert summary["guard"]["huffpost 5w1s"]["kind"].startswith("per target")
     table = (out / "summary.md").read_text()
     assert "| protomaml+guard (1 step) |" in table and "ProtoMAML − ProtoNet" in table and "wall time" in table
@@ -87,3 +87,22 @@ def test_resume_runs_only_the_missing_cells_and_refuses_other_settings(tmp_path,
     with pytest.raises(SystemExit, match="seed=0 there, 1 here"):
         loo.main(["--quick", "--quiet", "--resume", "--seed", "1", "--output-dir", str(out)])
     assert (out / "summary.json").read_text() == before
+
+
+def test_guard_only_recomputes_the_guarded_rows_from_saved_results(tmp_path, monkeypatch):
+    loo = example()
+    out = tmp_path / "loo"
+    loo.main(["--quick", "--quiet", "--output-dir", str(out)])
+    before = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    for r in summary["rows"]:
+        if r["cell"] == "huffpost 5w2s" and r["method"] == "protomaml+guard":
+            r["mean" if "mean" in r else "mean_diff"] = -9.0  # as if an older guard had computed them
+    summary["guard"]["huffpost 5w2s"] = {"kind": "per task (support folds)", "adapted": 0.5}
+    (out / "summary.json").write_text(json.dumps(summary))
+    monkeypatch.setattr(loo.metalearn, "evaluate", lambda *a, **k: pytest.fail("--guard-only re-ran an evaluation"))
+    loo.main(["--guard-only", "--quiet", "--output-dir", str(out)])
+    after = json.loads((out / "summary.json").read_text())
+    key = lambda rows: sorted(json.dumps(r, sort_keys=True) for r in rows)  # noqa: E731
+    assert key(after["rows"]) == key(before["rows"])  # the guard's rows recomputed, everything else as it was
+    assert after["guard"] == before["guard"]

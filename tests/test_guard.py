@@ -117,3 +117,23 @@ def test_held_out_check_looks_inside_a_mixture_at_the_same_data_set_only():
     with pytest.raises(ValueError, match="not held out"):
         guard.check_held_out(mix([source, other]), target)
     guard.check_held_out(mix([other]), target)  # the same class names in another data set are other classes
+
+
+def test_gated_decisions_ask_the_family_first_then_each_task(monkeypatch):
+    from metalearn.tasks import Task
+
+    learner = encoder_learner()
+    tasks = [Task(two_shot_task().support, two_shot_task().query, "classification", task_id=f"t{i}",
+                  label_names=("alarm", "music", "taxi")) for i in range(3)]
+    per_task = []
+    real_decide = guard.decide
+    monkeypatch.setattr(guard, "decide", lambda *a, **k: per_task.append(a[1].task_id) or real_decide(*a, **k))
+    # an impossible margin: the gate keeps the foundation, and no task is even looked at
+    choices, gate = guard.decide_gated(learner, IntentFamily(), tasks, steps=1, episodes=4, margin=2.0)
+    assert gate["use"] == "foundation" and gate["episodes"] == 4
+    assert [c["use"] for c in choices] == ["foundation"] * 3 and [c["task_id"] for c in choices] == ["t0", "t1", "t2"]
+    assert per_task == []
+    # the gate passes (LoRA B = 0 and one head step: at least the foundation's accuracy): each task decides
+    choices, gate = guard.decide_gated(learner, IntentFamily(), tasks, steps=1, episodes=4)
+    assert gate["use"] == "meta" and per_task == ["t0", "t1", "t2"]
+    assert choices == guard.decide_tasks(learner, tasks, steps=1)

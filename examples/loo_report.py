@@ -5,6 +5,7 @@ Split from ``leave_one_out.py`` (which runs the experiment); reads only the summ
 from __future__ import annotations
 
 import os
+import shlex
 
 from metalearn.eval.report import atomic_write
 
@@ -70,7 +71,7 @@ def report(summary: dict, out: str) -> str:
     def command(run: dict) -> str:
         notes = ([f"{run['minutes']:.1f} min wall time"] if run.get("minutes") else []) + (
             [f"code {run['code']}"] if run.get("code") else [])
-        return f"`python examples/leave_one_out.py {' '.join(run['argv'])}`" + (f" ({', '.join(notes)})" if notes else "")
+        return f"`python examples/leave_one_out.py {shlex.join(run['argv'])}`" + (f" ({', '.join(notes)})" if notes else "")
 
     commands = "; then ".join(command(r) for r in runs)
     text = (f"# Leave one data set out, all-MiniLM-L6-v2 in NF4\n\n"

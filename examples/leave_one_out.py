@@ -17,9 +17,9 @@ Methods, each cell a paired difference from the frozen encoder (cosine prototype
 * ``random_init``: random-init PEFT (LoRA with a random A and B = 0, plus a random soft prompt if any) fine-tuned
   the same way;
 * ``prototypes`` / ``linear_probe``: the frozen encoder;
-* ``protomaml+guard``: at K >= 2 per task from its support set (leave-one-shot-out folds) behind a per-target
-  gate on the validation classes (``guard.decide_gated``), at K = 1 per target on the validation classes
-  (``metalearn.eval.guard``).
+* ``protomaml+guard``: at K >= 2 per task from its support set (leave-one-shot-out folds) behind a verdict
+  for the target pooled over its tasks' folds (``guard.decide_gated``), at K = 1 per target on the
+  validation classes (``metalearn.eval.guard``).
 
 Inner learning rates are chosen per method and step count on validation episodes, by accuracy. A held-out
 target's validation classes are all its non-test classes (nothing of it is trained on); its test classes are
@@ -158,7 +158,7 @@ def evaluate_cell(row: Row, learners: dict, family, n_way: int, k_shot: int, arg
 def guarded_rows(row: Row, results, meta, family, n_way: int, k_shot: int, args, out: str) -> tuple[list, dict]:
     """The guarded ProtoMAML added to a cell's results (saved to its folder); the cell's summary rows and guard record.
 
-    K >= 2: per task from its support folds, behind a per-target gate on the validation classes
+    K >= 2: per task from its support folds, behind a verdict pooled over the cell's tasks' folds
     (``guard.decide_gated``); K = 1: per target on the validation classes (``guard.choose``).
     """
     cell = cell_name(row, n_way, k_shot)
@@ -166,10 +166,10 @@ def guarded_rows(row: Row, results, meta, family, n_way: int, k_shot: int, args,
     tuned = [t["scale"] for t in results.tuning if t["method"] == "protomaml" and t["steps"] == last]
     scale = tuned[0] if tuned else 1.0
     if k_shot >= 2:
-        choices, gate = guard.decide_gated(meta, family, sample_tasks(family, "test", args.episodes, args.seed),
-                                           steps=last, scale=scale, folds=args.guard_folds,
-                                           episodes=args.guard_episodes, seed=args.seed, workers=args.workers)
-        record = {"kind": "per target gate, then per task (support folds)", "val": gate["val"],
+        choices, verdict = guard.decide_gated(meta, sample_tasks(family, "test", args.episodes, args.seed),
+                                              steps=last, scale=scale, folds=args.guard_folds, workers=args.workers)
+        record = {"kind": "per task (support folds), behind a verdict pooled over the tasks' folds",
+                  "held_out_difference": verdict["held_out_difference"], "ci95": verdict["ci95"],
                   "adapted": sum(c["use"] == "meta" for c in choices) / len(choices)}
     else:
         choice = guard.choose(meta, family, foundation="prototypes", steps=last, episodes=args.guard_episodes,

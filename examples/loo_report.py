@@ -60,7 +60,10 @@ def tables(summary: dict, out: str) -> str:
                        "leave one data set out: paired difference from the frozen encoder (95% CI)")
     guard_lines = [f"- {c}: {g['kind']}, adapted on {100 * g['adapted']:.0f}% of episodes"
                    + (f" (validation accuracy meta {g['val']['meta']:.3f} vs frozen {g['val']['foundation']:.3f})"
-                      if "val" in g else "") for c, g in summary["guard"].items()]
+                      if "val" in g else "")
+                   + (f" (pooled held-out accuracy, meta − frozen: {100 * g['held_out_difference']:+.1f} ± "
+                      f"{100 * g['ci95']:.1f} points)" if "held_out_difference" in g else "")
+                   for c, g in summary["guard"].items()]
     return "\n\n".join(["\n".join(acc), "\n".join(diff), "\n".join(versus), "The guard:\n" + "\n".join(guard_lines)])
 
 

@@ -119,21 +119,26 @@ def test_held_out_check_looks_inside_a_mixture_at_the_same_data_set_only():
     guard.check_held_out(mix([other]), target)  # the same class names in another data set are other classes
 
 
-def test_gated_decisions_ask_the_family_first_then_each_task(monkeypatch):
+def test_gated_decisions_pool_the_tasks_folds_into_a_family_verdict(monkeypatch):
     from metalearn.tasks import Task
 
-    learner = encoder_learner()
     tasks = [Task(two_shot_task().support, two_shot_task().query, "classification", task_id=f"t{i}",
                   label_names=("alarm", "music", "taxi")) for i in range(3)]
-    per_task = []
-    real_decide = guard.decide
-    monkeypatch.setattr(guard, "decide", lambda *a, **k: per_task.append(a[1].task_id) or real_decide(*a, **k))
-    # an impossible margin: the gate keeps the foundation, and no task is even looked at
-    choices, gate = guard.decide_gated(learner, IntentFamily(), tasks, steps=1, episodes=4, margin=2.0)
-    assert gate["use"] == "foundation" and gate["episodes"] == 4
-    assert [c["use"] for c in choices] == ["foundation"] * 3 and [c["task_id"] for c in choices] == ["t0", "t1", "t2"]
-    assert per_task == []
-    # the gate passes (LoRA B = 0 and one head step: at least the foundation's accuracy): each task decides
-    choices, gate = guard.decide_gated(learner, IntentFamily(), tasks, steps=1, episodes=4)
-    assert gate["use"] == "meta" and per_task == ["t0", "t1", "t2"]
-    assert choices == guard.decide_tasks(learner, tasks, steps=1)
+
+    def folds_say(differences):  # each task's held-out accuracy, meta minus foundation; its own decision follows
+        table = dict(zip(["t0", "t1", "t2"], differences))
+        monkeypatch.setattr(guard, "decide", lambda learner, task, **kw: {
+            "use": "meta" if table[task.task_id] > 0 else "foundation", "task_id": task.task_id,
+            "held_out_accuracy": {"meta": 0.5 + table[task.task_id], "foundation": 0.5}})
+
+    learner = encoder_learner()
+    folds_say([0.3, -0.1, 0.1])  # better on the whole: each task keeps its own decision
+    choices, verdict = guard.decide_gated(learner, tasks, steps=1)
+    assert verdict["use"] == "meta" and verdict["held_out_difference"] == pytest.approx(0.1) and verdict["tasks"] == 3
+    assert [c["use"] for c in choices] == ["meta", "foundation", "meta"]
+    folds_say([0.3, -0.2, -0.2])  # worse on the whole: the one task that "won" was noise, all keep the foundation
+    choices, verdict = guard.decide_gated(learner, tasks, steps=1)
+    assert verdict["use"] == "foundation" and [c["use"] for c in choices] == ["foundation"] * 3
+    assert [c["task_id"] for c in choices] == ["t0", "t1", "t2"]
+    folds_say([0.3, -0.1, 0.1])
+    assert guard.decide_gated(learner, tasks, steps=1, margin=0.2)[1]["use"] == "foundation"  # not by enough

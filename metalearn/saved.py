@@ -108,14 +108,18 @@ class Folder:
 
 def read(path: str) -> Folder:
     """Read and verify a saved learner folder; every problem is a ValueError naming the file and the fix."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no saved learner at {path!r}: the folder does not exist")
-    if not os.path.isdir(path):
-        hint = (f"; pass its folder {os.path.dirname(path) or '.'!r}" if os.path.basename(path) == CONFIG_FILE
-                else "; pass the folder that Learner.save wrote (it holds metalearn.json)")
-        raise ValueError(f"{path!r} is a file, not a saved learner folder{hint}")
     real = os.path.realpath(path)
+    if not os.path.isdir(os.path.dirname(real)):
+        raise FileNotFoundError(f"no saved learner at {path!r}: the folder does not exist")
+    # the checks below run under the lock: a concurrent save swaps the folder out and back in under its
+    # exclusive lock, and checked outside it the path could be missing for that instant
     with files.locked(_lock_path(real), shared=True, optional=True):
+        if not os.path.exists(real):
+            raise FileNotFoundError(f"no saved learner at {path!r}: the folder does not exist")
+        if not os.path.isdir(real):
+            hint = (f"; pass its folder {os.path.dirname(path) or '.'!r}" if os.path.basename(path) == CONFIG_FILE
+                    else "; pass the folder that Learner.save wrote (it holds metalearn.json)")
+            raise ValueError(f"{path!r} is a file, not a saved learner folder{hint}")
         raw = _read_bytes(real, CONFIG_FILE)
         if raw is None:
             raise ValueError(f"{path!r} is not a saved metalearn learner: {CONFIG_FILE} is missing (save with "

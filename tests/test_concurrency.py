@@ -122,6 +122,35 @@ def test_concurrent_saves_and_loads_of_one_folder_never_fail_mix_or_leave_stray_
 
 # ------------------------------------------------------------------ symlinks and permissions
 
+def test_a_load_waits_for_a_save_in_the_middle_of_its_swap(tmp_path):
+    """A load that starts while a save holds the lock with the folder swapped out waits, then reads the new one
+    (checked outside the lock, the missing folder was an error: 'does not exist' / 'is a file')."""
+    import threading
+
+    from metalearn import files, saved
+
+    path = tmp_path / "learner"
+    lora_mlp_learner().save(str(path))
+    aside = tmp_path / ".learner.old"
+    result: dict = {}
+
+    def load():
+        try:
+            result["folder"] = saved.read(str(path))
+        except Exception as err:  # noqa: BLE001 - reported below
+            result["error"] = err
+
+    with files.locked(saved._lock_path(str(path))):  # what publish holds while it swaps
+        os.rename(path, aside)
+        reader = threading.Thread(target=load)
+        reader.start()
+        reader.join(timeout=0.5)
+        assert reader.is_alive(), f"the load did not wait for the save: {result}"
+        os.rename(aside, path)
+    reader.join(timeout=30)
+    assert "error" not in result and result["folder"].meta["config"]
+
+
 def test_saving_through_a_symlink_updates_its_target(tmp_path):
     real = tmp_path / "store" / "init"
     real.parent.mkdir()

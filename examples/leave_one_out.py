@@ -206,7 +206,9 @@ def guard_again(summary: dict, args, out: str) -> None:
                               settings)
         meta = metalearn.load(os.path.join(row_dir, "train_protomaml", "learner"))
         rows, record = guarded_rows(row, results, meta, target_for(row, n_way, k_shot), n_way, k_shot, args, row_dir)
-        summary["rows"] = [r for r in summary["rows"] if r["cell"] != cell] + rows
+        at = next(i for i, r in enumerate(summary["rows"]) if r["cell"] == cell)  # keep the table's cell order
+        kept = [r for r in summary["rows"] if r["cell"] != cell]
+        summary["rows"] = kept[:at] + rows + kept[at:]
         summary["guard"].update(record)
         atomic_write(os.path.join(out, "summary.json"), json.dumps(summary, indent=2))
 

@@ -99,10 +99,13 @@ def test_guard_only_recomputes_the_guarded_rows_from_saved_results(tmp_path, mon
         if r["cell"] == "huffpost 5w2s" and r["method"] == "protomaml+guard":
             r["mean" if "mean" in r else "mean_diff"] = -9.0  # as if an older guard had computed them
     summary["guard"]["huffpost 5w2s"] = {"kind": "per task (support folds)", "adapted": 0.5}
+    summary["rows"].sort(key=lambda r: r["cell"] != "huffpost 5w2s")  # the recomputed cell first in the table
     (out / "summary.json").write_text(json.dumps(summary))
     monkeypatch.setattr(loo.metalearn, "evaluate", lambda *a, **k: pytest.fail("--guard-only re-ran an evaluation"))
     loo.main(["--guard-only", "--quiet", "--output-dir", str(out)])
     after = json.loads((out / "summary.json").read_text())
     key = lambda rows: sorted(json.dumps(r, sort_keys=True) for r in rows)  # noqa: E731
     assert key(after["rows"]) == key(before["rows"])  # the guard's rows recomputed, everything else as it was
+    cells = lambda rows: list(dict.fromkeys(r["cell"] for r in rows))  # noqa: E731
+    assert cells(after["rows"]) == ["huffpost 5w2s", "huffpost 5w1s"]  # where it was in the table
     assert after["guard"] == before["guard"]

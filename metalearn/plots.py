@@ -44,8 +44,9 @@ def difference_heatmap(cells: dict[tuple[str, str], tuple[float, float]], rows: 
     width = max(1.6 * len(columns) + 2.5, 5.0)
     fig, ax = plt.subplots(figsize=(width, 0.6 * len(rows) + 1.8))
     limit = max([abs(v) for row in grid for v in row if v == v] + [1e-9]) or 1.0
-    image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit)
-    ax.set_xticks(range(len(columns)), [c.replace("_", "\n", 1).replace(" ", "\n", 1) for c in columns], fontsize=8)
+    image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")  # fill the figure's width
+    ax.set_xticks(range(len(columns)), ["\n".join(textwrap.wrap(c.replace("_", " ", 1), 11)) for c in columns],
+                  fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     for i, r in enumerate(rows):
         for j, c in enumerate(columns):

@@ -178,7 +178,7 @@ def guarded_rows(row: Row, results, meta, family, n_way: int, k_shot: int, args,
         record = {"kind": "per target (validation classes)", "adapted": float(choice["use"] == "meta"),
                   "val": choice["val"]}
     results = guard.combine(results, "protomaml", "prototypes", last, choices)
-    results.save(os.path.join(out, f"{row.target}{'_in' if row.in_domain else ''}_{n_way}way_{k_shot}shot"))
+    results.save(cell_folder(out, row, n_way, k_shot))
     rows = [{"cell": cell, **r} for r in results.summary if r["metric"] == "accuracy"]
     rows += [{"cell": cell, "paired": True, **r} for r in results.paired if r["metric"] == "accuracy"]
     rows += [{"cell": cell, "paired": True, **pair} for pair in versus_protonet(results.records, last)]
@@ -196,9 +196,8 @@ def guard_again(summary: dict, args, out: str) -> None:
         row, n_way, k_shot = Row(target, [], bool(in_domain)), int(n_way), int(k_shot)
         if k_shot < 2:
             continue  # the per-target guard of K = 1 is unchanged
-        row_dir = os.path.join(out, row.target + ("_in" if row.in_domain else "_loo"))
-        with open(os.path.join(row_dir, f"{target}{'_in' if in_domain else ''}_{n_way}way_{k_shot}shot",
-                               "results.json"), encoding="utf-8") as f:
+        row_dir = row_folder(out, row)
+        with open(os.path.join(cell_folder(row_dir, row, n_way, k_shot), "results.json"), encoding="utf-8") as f:
             saved = json.load(f)
         records = [r for r in saved["records"] if r["method"] != "protomaml+guard"]
         settings = {**saved["settings"], "methods": [m for m in saved["settings"]["methods"] if m != "protomaml+guard"]}
@@ -215,6 +214,16 @@ def guard_again(summary: dict, args, out: str) -> None:
 
 def cell_name(row: Row, n_way: int, k_shot: int) -> str:
     return f"{row.label} {n_way}w{k_shot}s"
+
+
+def row_folder(out: str, row: Row) -> str:
+    """Where a row's learners and cells are saved."""
+    return os.path.join(out, row.target + ("_in" if row.in_domain else "_loo"))
+
+
+def cell_folder(row_dir: str, row: Row, n_way: int, k_shot: int) -> str:
+    """Where a cell's evaluation results are saved, inside its row's folder."""
+    return os.path.join(row_dir, f"{row.target}{'_in' if row.in_domain else ''}_{n_way}way_{k_shot}shot")
 
 
 RUN_ARGS = {"quick", "output_dir", "targets", "in_domain", "settings", "threads", "workers", "quiet", "report_only",
@@ -327,7 +336,7 @@ def main(argv=None) -> None:
             print(f"{row.label}: no cell left to run")
             continue
         mixture = sources_for(row, args)
-        row_dir = os.path.join(out, row.target + ("_in" if row.in_domain else "_loo"))
+        row_dir = row_folder(out, row)
         learners = train(row, mixture, args, row_dir)
         for (n_way, k_shot), family in todo.items():
             if row.in_domain:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -45,13 +44,13 @@ from dataclasses import dataclass
 import torch
 
 import metalearn
-from metalearn.eval import guard, metrics, sample_tasks
+from metalearn.eval import EvalResults, guard, metrics, sample_tasks
 from metalearn.eval.report import atomic_write
 from metalearn.tasks import check_target, load, mix
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clinc_intents import add_speed_arguments, compute_dtype, encoder_path  # noqa: E402
-from loo_report import checkout, report  # noqa: E402
+from loo_report import CELL, checkout, report  # noqa: E402
 
 DATASETS = ("clinc150", "hwu64", "fewrel", "huffpost")
 TARGET_SPLITS = {"hwu64": [0.25, 0.25, 0.5], "fewrel": [0.34, 0.33, 0.33]}
@@ -189,20 +188,13 @@ def guarded_rows(row: Row, results, meta, family, n_way: int, k_shot: int, args,
 def guard_again(summary: dict, args, out: str) -> None:
     """Recompute the guarded rows of the finished K >= 2 cells in ``out`` with today's guard, from each cell's
     saved results and its row's saved ProtoMAML (nothing else is re-run); rewrites summary.json."""
-    from metalearn.eval.evaluate import EvalResults, paired_differences, summarize
-
     for cell in list(dict.fromkeys(r["cell"] for r in summary["rows"])):
-        target, in_domain, n_way, k_shot = re.fullmatch(r"(\w+)( \(in-domain\))? (\d+)w(\d+)s", cell).groups()
+        target, in_domain, n_way, k_shot = CELL.fullmatch(cell).groups()
         row, n_way, k_shot = Row(target, [], bool(in_domain)), int(n_way), int(k_shot)
         if k_shot < 2:
             continue  # the per-target guard of K = 1 is unchanged
         row_dir = row_folder(out, row)
-        with open(os.path.join(cell_folder(row_dir, row, n_way, k_shot), "results.json"), encoding="utf-8") as f:
-            saved = json.load(f)
-        records = [r for r in saved["records"] if r["method"] != "protomaml+guard"]
-        settings = {**saved["settings"], "methods": [m for m in saved["settings"]["methods"] if m != "protomaml+guard"]}
-        results = EvalResults(records, summarize(records), paired_differences(records, "prototypes"), saved["tuning"],
-                              settings)
+        results = EvalResults.load(cell_folder(row_dir, row, n_way, k_shot)).without("protomaml+guard")
         meta = metalearn.load(os.path.join(row_dir, "train_protomaml", "learner"))
         rows, record = guarded_rows(row, results, meta, target_for(row, n_way, k_shot), n_way, k_shot, args, row_dir)
         at = next(i for i, r in enumerate(summary["rows"]) if r["cell"] == cell)  # keep the table's cell order

@@ -5,6 +5,7 @@ Split from ``leave_one_out.py`` (which runs the experiment); reads only the summ
 from __future__ import annotations
 
 import os
+import re
 import shlex
 
 from metalearn.eval.report import atomic_write
@@ -28,43 +29,69 @@ def checkout() -> str:
 
 TABLE_METHODS = [("protomaml", "last"), ("protomaml+guard", "last"), ("protonet", 0), ("protonet", "last"),
                  ("finetune", "last"), ("random_init", "last"), ("linear_probe", "last"), ("prototypes", "last")]
+CELL = re.compile(r"(\w+)( \(in-domain\))? (\d+)w(\d+)s")
+"""A cell's name, as ``leave_one_out.cell_name`` writes it: 'hwu64 5w1s', 'clinc150 (in-domain) 15w1s'."""
+
+
+def cell_order(cells: list[str]) -> list[str]:
+    """Held-out targets in the order they first appear, the in-domain row last; within a target 5-shot before
+    1-shot, fewer ways first (5w5s, 5w1s, 15w1s), whatever order resumed runs added them in."""
+    first = {}
+    for c in cells:
+        target, in_domain, _, _ = CELL.fullmatch(c).groups()
+        first.setdefault((bool(in_domain), target), len(first))
+
+    def key(c: str):
+        target, in_domain, n_way, k_shot = CELL.fullmatch(c).groups()
+        return bool(in_domain), first[bool(in_domain), target], -int(k_shot), int(n_way)
+    return sorted(cells, key=key)
 
 
 def tables(summary: dict, out: str) -> str:
-    """Accuracy, difference from the frozen encoder, and ProtoMAML − ProtoNet, as markdown; draws the heat-map."""
+    """Markdown, one line per cell: the paired differences from the frozen encoder with ProtoMAML − ProtoNet (the
+    table of README), then every method's accuracy; draws the heat-map of the differences."""
     from metalearn.plots import difference_heatmap
 
     rows, last = summary["rows"], max(summary["args"]["steps"])
-    cells = list(dict.fromkeys(r["cell"] for r in rows))
+    cells = cell_order(list(dict.fromkeys(r["cell"] for r in rows)))
     label = lambda m, s: m if m in ("prototypes", "linear_probe") else f"{m} ({s} step{'' if s == 1 else 's'})"  # noqa: E731
-    head = lambda first: ["| " + first + " | " + " | ".join(cells) + " |", "|---" * (len(cells) + 1) + "|"]  # noqa: E731
-    acc, diff, heat = head("accuracy (%)"), head("paired difference from the frozen encoder"), {}
-    for method, steps in TABLE_METHODS:
-        steps = last if steps == "last" else steps
-        a = {r["cell"]: r for r in rows if not r.get("paired") and r["method"] == method and r["steps"] == steps}
-        d = {r["cell"]: r for r in rows if r.get("paired") and r["method"] == method and r["steps"] == steps
-             and r["reference"] == "prototypes"}
-        acc.append(f"| {label(method, steps)} | " + " | ".join(
-            f"{100 * a[c]['mean']:.1f} ± {100 * a[c]['ci95']:.1f}" if c in a else "" for c in cells) + " |")
-        if method != "prototypes":
-            diff.append(f"| {label(method, steps)} | " + " | ".join(
-                f"{100 * d[c]['mean_diff']:+.1f} ± {100 * d[c]['ci95']:.1f}" if c in d else "" for c in cells) + " |")
-            heat.update({(label(method, steps), c): (100 * d[c]["mean_diff"], 100 * d[c]["ci95"]) for c in d})
-    versus = head("ProtoMAML − ProtoNet (paired)")
-    for ref in list(dict.fromkeys(r["reference"] for r in rows if r.get("reference", "").startswith("protonet"))):
-        d = {r["cell"]: r for r in rows if r.get("reference") == ref}
-        versus.append(f"| − {ref} | " + " | ".join(
-            f"{100 * d[c]['mean_diff']:+.1f} ± {100 * d[c]['ci95']:.1f}" if c in d else "" for c in cells) + " |")
-    methods = list(dict.fromkeys(m for m, _ in heat))
-    difference_heatmap(heat, methods, cells, os.path.join(out, "loo_heatmap.png"),
+    fmt = lambda r, key, digits: f"{100 * r[key]:+.{digits}f} ± {100 * r['ci95']:.{digits}f}"  # noqa: E731
+    methods = [(m, last if s == "last" else s) for m, s in TABLE_METHODS]
+    refs = list(dict.fromkeys(r["reference"] for r in rows if r.get("reference", "").startswith("protonet")))
+    accuracy = {(r["cell"], r["method"], r["steps"]): r for r in rows if not r.get("paired")}
+    paired = {(r["cell"], r["method"], r["steps"], r["reference"]): r for r in rows if r.get("paired")}
+    frozen = ("prototypes", last)
+    diff_head = ["cell", "frozen encoder (%)"] + [label(*m) for m in methods if m != frozen] + [
+        f"ProtoMAML − {ref}" for ref in refs]
+    acc_head = ["cell"] + [label(*m) for m in methods]
+    diff, acc, heat = [diff_head, ["---"] * len(diff_head)], [acc_head, ["---"] * len(acc_head)], {}
+    for c in cells:
+        line = [c, f"{100 * accuracy[(c, *frozen)]['mean']:.1f}" if (c, *frozen) in accuracy else ""]
+        for m in methods:
+            if m == frozen:
+                continue
+            d = paired.get((c, *m, "prototypes"))
+            line.append(fmt(d, "mean_diff", 1) if d else "")
+            if d:
+                heat[c, label(*m)] = (100 * d["mean_diff"], 100 * d["ci95"])
+        versus = {r["reference"]: r for r in rows if r.get("cell") == c and r.get("reference") in refs}
+        diff.append(line + [fmt(versus[ref], "mean_diff", 2) if ref in versus else "" for ref in refs])
+        acc.append([c] + [f"{100 * accuracy[(c, *m)]['mean']:.1f} ± {100 * accuracy[(c, *m)]['ci95']:.1f}"
+                          if (c, *m) in accuracy else "" for m in methods])
+    columns = list(dict.fromkeys(m for _, m in heat))
+    difference_heatmap(heat, cells, columns, os.path.join(out, "loo_heatmap.png"),
                        "leave one data set out: paired difference from the frozen encoder (95% CI)")
+    markdown = lambda lines: "\n".join("| " + " | ".join(line) + " |" for line in lines)  # noqa: E731
     guard_lines = [f"- {c}: {g['kind']}, adapted on {100 * g['adapted']:.0f}% of episodes"
                    + (f" (validation accuracy meta {g['val']['meta']:.3f} vs frozen {g['val']['foundation']:.3f})"
                       if "val" in g else "")
                    + (f" (pooled held-out accuracy, meta − frozen: {100 * g['held_out_difference']:+.1f} ± "
                       f"{100 * g['ci95']:.1f} points)" if "held_out_difference" in g else "")
-                   for c, g in summary["guard"].items()]
-    return "\n\n".join(["\n".join(acc), "\n".join(diff), "\n".join(versus), "The guard:\n" + "\n".join(guard_lines)])
+                   for c, g in sorted(summary["guard"].items(), key=lambda item: cells.index(item[0]))]
+    return "\n\n".join([
+        "Paired difference from the frozen encoder (cosine prototypes), in points with its 95% interval; the "
+        "frozen encoder's accuracy in the first column:", markdown(diff),
+        "Accuracy (%), mean ± 95% interval:", markdown(acc), "The guard:\n" + "\n".join(guard_lines)])
 
 
 def report(summary: dict, out: str) -> str:
@@ -78,9 +105,8 @@ def report(summary: dict, out: str) -> str:
 
     commands = "; then ".join(command(r) for r in runs)
     text = (f"# Leave one data set out, all-MiniLM-L6-v2 in NF4\n\n"
-            f"Accuracy (%) on the query sets (5 per class), mean ± 95% CI over {args['episodes']} paired test episodes "
-            f"per cell; adapting methods after the step count shown, inner learning rates chosen on validation "
-            f"episodes by accuracy.\nCommand{'s' if len(runs) > 1 else ''}: {commands}.\n\n"
+            f"{args['episodes']} paired test episodes per cell, 5 queries per class; adapting methods after the step "
+            f"count shown, inner learning rates chosen on validation episodes by accuracy.\nCommand{'s' if len(runs) > 1 else ''}: {commands}.\n\n"
             + tables(summary, out) + "\n")
     atomic_write(os.path.join(out, "summary.md"), text)
     return text

@@ -45,8 +45,8 @@ def difference_heatmap(cells: dict[tuple[str, str], tuple[float, float]], rows: 
     fig, ax = plt.subplots(figsize=(width, 0.6 * len(rows) + 1.8))
     limit = max([abs(v) for row in grid for v in row if v == v] + [1e-9]) or 1.0
     image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")  # fill the figure's width
-    ax.set_xticks(range(len(columns)), ["\n".join(textwrap.wrap(c.replace("_", " ", 1), 11)) for c in columns],
-                  fontsize=8)
+    wrapped = ["\n".join(textwrap.wrap(c.replace("_", " ", 1), 16, break_long_words=False)) for c in columns]
+    ax.set_xticks(range(len(columns)), wrapped, fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     for i, r in enumerate(rows):
         for j, c in enumerate(columns):

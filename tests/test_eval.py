@@ -1,6 +1,7 @@
 """The evaluation harness: paired episodes, no query leakage, fair baselines, generation and encoder paths, files."""
 import csv
 import json
+import math
 import os
 
 import numpy as np
@@ -10,7 +11,8 @@ from torch import nn
 
 import metalearn
 from metalearn.build import build_learner
-from metalearn.eval import evaluate
+from metalearn.eval import EvalResults, evaluate
+from metalearn.eval.evaluate import paired_differences, summarize
 from metalearn.eval.baselines import in_context_prompts, random_init
 from metalearn.eval.adaptation import adapt
 from metalearn.eval.runner import split_episode
@@ -236,6 +238,27 @@ def test_results_are_written_and_reload(tmp_path):
     md = (out / "results.md").read_text()
     assert "| fomaml |" in md and "1.96" in md and "K = 4" in md
     assert not [p for p in os.listdir(out) if ".tmp" in p]
+    loaded = EvalResults.load(str(out))  # reloaded: the same records, summaries and paired differences
+    assert loaded.records == results.records and loaded.tuning == results.tuning
+    assert loaded.summary == results.summary and loaded.paired == results.paired
+    assert loaded.score("fomaml", "mse", 2, shots=4) == results.score("fomaml", "mse", 2, shots=4)
+    fewer = loaded.without("random_init")
+    assert fewer.methods == ["fomaml"] and {r["method"] for r in fewer.records} == {"fomaml"} and not fewer.paired
+    with pytest.raises(ValueError, match="no method 'random_init'"):
+        fewer.without("random_init")
+    nan = [{**r, "mse": float("nan")} if i == 0 else r for i, r in enumerate(results.records)]  # saved as null
+    EvalResults(nan, summarize(nan), paired_differences(nan, "random_init"), results.tuning, results.settings).save(
+        str(tmp_path / "nan"))
+    assert math.isnan(EvalResults.load(str(tmp_path / "nan")).records[0]["mse"])
+
+
+def test_saved_results_reload_nan_and_refuse_other_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        EvalResults.load(str(tmp_path / "nowhere"))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "results.json").write_text('{"records": []}')
+    with pytest.raises(ValueError, match="no settings, tuning"):
+        EvalResults.load(str(tmp_path / "other"))
 
 
 # ---------------------------------------------------------------- bad input, before any adaptation

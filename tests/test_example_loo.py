@@ -31,7 +31,10 @@ def test_leave_one_out_quick(tmp_path):
     assert summary["guard"]["huffpost 5w2s"]["kind"].startswith("per task (support folds), behind a verdict")  # K = 2
     assert summary["guard"]["huffpost 5w1s"]["kind"].startswith("per target")
     table = (out / "summary.md").read_text()
-    assert "| protomaml+guard (1 step) |" in table and "ProtoMAML − ProtoNet" in table and "wall time" in table
+    assert "| protomaml+guard (1 step) |" in table and "| ProtoMAML − protonet (0 steps) |" in table
+    assert "wall time" in table
+    lines = [line for line in table.splitlines() if line.startswith("| huffpost ")]
+    assert [line.split(" | ")[0] for line in lines] == ["| huffpost 5w2s", "| huffpost 5w1s"] * 2  # two tables
     assert (out / "loo_heatmap.png").stat().st_size > 1000
     saved = json.loads((out / "huffpost_loo" / "huffpost_5way_2shot" / "results.json").read_text())
     assert {r["method"] for r in saved["records"]} >= {"protomaml+guard", "finetune"}
@@ -109,3 +112,15 @@ def test_guard_only_recomputes_the_guarded_rows_from_saved_results(tmp_path, mon
     cells = lambda rows: list(dict.fromkeys(r["cell"] for r in rows))  # noqa: E731
     assert cells(after["rows"]) == ["huffpost 5w2s", "huffpost 5w1s"]  # where it was in the table
     assert after["guard"] == before["guard"]
+
+
+def test_cells_in_one_order_whatever_order_runs_added_them():
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    try:
+        from loo_report import cell_order
+    finally:
+        sys.path.pop(0)
+    added = ["fewrel 5w1s", "clinc150 (in-domain) 15w1s", "hwu64 15w1s", "fewrel 5w5s", "hwu64 5w1s", "hwu64 5w5s",
+             "clinc150 (in-domain) 5w5s", "clinc150 15w1s"]
+    assert cell_order(added) == ["fewrel 5w5s", "fewrel 5w1s", "hwu64 5w5s", "hwu64 5w1s", "hwu64 15w1s",
+                                 "clinc150 15w1s", "clinc150 (in-domain) 5w5s", "clinc150 (in-domain) 15w1s"]

@@ -19,7 +19,9 @@ The protocol, top to bottom:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
@@ -90,6 +92,37 @@ class EvalResults:
         from .report import write_all
 
         return write_all(self, output_dir)
+
+    @classmethod
+    def load(cls, output_dir: str) -> "EvalResults":
+        """The results ``save`` wrote to ``output_dir`` (its results.json: plain JSON, nothing is executed).
+
+        Summaries and paired differences are recomputed from the episode records, as ``evaluate`` computed
+        them; a metric saved as null (NaN) reads back as NaN. Training histories are not saved.
+        """
+        path = os.path.join(output_dir, "results.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} does not exist: give the folder that EvalResults.save (or "
+                                    "evaluate(..., output_dir=...)) wrote")
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+        missing = sorted({"settings", "records", "tuning"} - set(saved)) if isinstance(saved, dict) else ["settings"]
+        if missing:
+            raise ValueError(f"{path} is not a results file that EvalResults.save wrote (no {', '.join(missing)})")
+        records = [{k: float("nan") if v is None and k in metrics.HIGHER_IS_BETTER else v for k, v in r.items()}
+                   for r in saved["records"]]
+        settings = saved["settings"]
+        return cls(records, summarize(records), paired_differences(records, settings.get("reference")),
+                   saved["tuning"], settings)
+
+    def without(self, method: str) -> "EvalResults":
+        """These results less ``method`` (say a guarded method, to add it again with another guard)."""
+        if method not in self.methods:
+            raise ValueError(f"no method {method!r} in these results; they hold {self.methods}")
+        records = [r for r in self.records if r["method"] != method]
+        settings = {**self.settings, "methods": [m for m in self.methods if m != method]}
+        return EvalResults(records, summarize(records), paired_differences(records, settings.get("reference")),
+                           self.tuning, settings, self.histories)
 
 
 def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: FamilyOrFactory, *,

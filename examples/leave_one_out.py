@@ -168,7 +168,8 @@ def guarded_rows(row: Row, results, meta, family, n_way: int, k_shot: int, args,
         choices, verdict = guard.decide_gated(meta, sample_tasks(family, "test", args.episodes, args.seed),
                                               steps=last, scale=scale, folds=args.guard_folds, workers=args.workers)
         record = {"kind": "per task (support folds), behind a verdict pooled over the tasks' folds",
-                  "held_out_difference": verdict["held_out_difference"], "ci95": verdict["ci95"],
+                  "verdict": verdict["use"], "held_out_difference": verdict["held_out_difference"],
+                  "ci95": verdict["ci95"],
                   "adapted": sum(c["use"] == "meta" for c in choices) / len(choices)}
     else:
         choice = guard.choose(meta, family, foundation="prototypes", steps=last, episodes=args.guard_episodes,
@@ -185,14 +186,15 @@ def guarded_rows(row: Row, results, meta, family, n_way: int, k_shot: int, args,
     return rows, {cell: record}
 
 
-def guard_again(summary: dict, args, out: str) -> None:
-    """Recompute the guarded rows of the finished K >= 2 cells in ``out`` with today's guard, from each cell's
-    saved results and its row's saved ProtoMAML (nothing else is re-run); rewrites summary.json."""
+def guard_again(summary: dict, args, out: str, rows_wanted: list[Row]) -> None:
+    """Recompute the guarded rows of the finished K >= 2 cells of ``rows_wanted`` in ``out`` with today's guard,
+    from each cell's saved results and its row's saved ProtoMAML (nothing else is re-run); rewrites summary.json."""
+    wanted = {(r.target, r.in_domain) for r in rows_wanted}
     for cell in list(dict.fromkeys(r["cell"] for r in summary["rows"])):
         target, in_domain, n_way, k_shot = CELL.fullmatch(cell).groups()
         row, n_way, k_shot = Row(target, [], bool(in_domain)), int(n_way), int(k_shot)
-        if k_shot < 2:
-            continue  # the per-target guard of K = 1 is unchanged
+        if k_shot < 2 or (target, bool(in_domain)) not in wanted:
+            continue  # the per-target guard of K = 1 is unchanged; other rows were not asked for
         row_dir = row_folder(out, row)
         results = EvalResults.load(cell_folder(row_dir, row, n_way, k_shot)).without("protomaml+guard")
         meta = metalearn.load(os.path.join(row_dir, "train_protomaml", "learner"))
@@ -287,7 +289,8 @@ def main(argv=None) -> None:
     parser.add_argument("--report-only", action="store_true", help="redraw summary.md and the heat-map from summary.json")
     parser.add_argument("--guard-only", action="store_true",
                         help="recompute the guarded rows of the finished K >= 2 cells in --output-dir (after a change "
-                        "to the guard), from their saved results and ProtoMAML learners")
+                        "to the guard; of the rows --targets and --in-domain name), from their saved results and "
+                        "ProtoMAML learners")
     parser.add_argument("--resume", action="store_true",
                         help="keep the cells already in --output-dir's summary.json (run with the same settings) and "
                         "run only the missing ones (a row with a missing cell is meta-trained again)")
@@ -301,7 +304,8 @@ def main(argv=None) -> None:
     if args.report_only or args.guard_only:
         summary = json.loads(open(os.path.join(out, "summary.json")).read())
         if args.guard_only:
-            guard_again(summary, argparse.Namespace(**{**summary["args"], "workers": args.workers}), out)
+            guard_again(summary, argparse.Namespace(**{**summary["args"], "workers": args.workers}), out,
+                        parse_rows(args.targets, args.in_domain, list(DATASETS)))
         print(report(summary, out))
         return
     rows = parse_rows(args.targets, args.in_domain, list(DATASETS))  # bad input fails before any work

@@ -86,7 +86,8 @@ def tables(summary: dict, out: str) -> str:
                    + (f" (validation accuracy meta {g['val']['meta']:.3f} vs frozen {g['val']['foundation']:.3f})"
                       if "val" in g else "")
                    + (f" (pooled held-out accuracy, meta − frozen: {100 * g['held_out_difference']:+.1f} ± "
-                      f"{100 * g['ci95']:.1f} points)" if "held_out_difference" in g else "")
+                      f"{100 * g['ci95']:.1f} points" + (f"; verdict: {g['verdict']}" if "verdict" in g else "") + ")"
+                      if "held_out_difference" in g else "")
                    for c, g in sorted(summary["guard"].items(), key=lambda item: cells.index(item[0]))]
     return "\n\n".join([
         "Paired difference from the frozen encoder (cosine prototypes), in points with its 95% interval; the "

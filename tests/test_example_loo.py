@@ -29,6 +29,7 @@ def test_leave_one_out_quick(tmp_path):
     paired = [r for r in summary["rows"] if r.get("paired")]
     assert {r["reference"] for r in paired} == {"prototypes", "protonet (0 steps)", "protonet (1 steps)"}
     assert summary["guard"]["huffpost 5w2s"]["kind"].startswith("per task (support folds), behind a verdict")  # K = 2
+    assert summary["guard"]["huffpost 5w2s"]["verdict"] in ("meta", "foundation", "per task")
     assert summary["guard"]["huffpost 5w1s"]["kind"].startswith("per target")
     table = (out / "summary.md").read_text()
     assert "| protomaml+guard (1 step) |" in table and "| ProtoMAML − protonet (0 steps) |" in table
@@ -61,7 +62,7 @@ def test_rows_sources_and_targets():
     held_out = loo.target_for(rows[0], 15, 1)  # HWU64 left out: every non-test intent can validate
     hwu = loo.conventional("hwu64")
     assert set(held_out.classes("val")) == set(hwu.classes("train") + hwu.classes("val")) and not held_out.classes("train")
-    assert loo.target_for(rows[1], 15, 1) is None  # FewRel has 6 test relations: no 15-way cell
+    assert loo.target_for(rows[1], 15, 1) is None  # FewRel has 5 test relations: no 15-way cell
 
 
 def test_resume_runs_only_the_missing_cells_and_refuses_other_settings(tmp_path, monkeypatch):

@@ -51,7 +51,9 @@ def difference_heatmap(cells: dict[tuple[str, str], tuple[float, float]], rows: 
     for i, r in enumerate(rows):
         for j, c in enumerate(columns):
             if (r, c) in cells:
-                ax.text(j, i, "{:+.1f}\n±{:.1f}".format(*cells[r, c]), ha="center", va="center", fontsize=7)
+                dark = abs(cells[r, c][0]) > 0.6 * limit  # white text where the colour is deep
+                ax.text(j, i, "{:+.1f}\n±{:.1f}".format(*cells[r, c]), ha="center", va="center", fontsize=7,
+                        color="white" if dark else "black")
     fig.colorbar(image, label=label)
     ax.set_title("\n".join(textwrap.wrap(title, int(width * 9))), fontsize=9)  # ~9 characters per inch at 9 pt
     fig.tight_layout()

@@ -107,7 +107,8 @@ def report(summary: dict, out: str) -> str:
     commands = "; then ".join(command(r) for r in runs)
     text = (f"# Leave one data set out, all-MiniLM-L6-v2 in NF4\n\n"
             f"{args['episodes']} paired test episodes per cell, 5 queries per class; adapting methods after the step "
-            f"count shown, inner learning rates chosen on validation episodes by accuracy.\nCommand{'s' if len(runs) > 1 else ''}: {commands}.\n\n"
+            f"count shown, inner learning rates chosen on validation episodes by accuracy.\n"
+            f"Command{'s' if len(runs) > 1 else ''}: {commands}.\n\n"
             + tables(summary, out) + "\n")
     atomic_write(os.path.join(out, "summary.md"), text)
     return text

@@ -122,8 +122,8 @@ def test_held_out_check_looks_inside_a_mixture_at_the_same_data_set_only():
 def test_gated_decisions_pool_the_tasks_folds_into_a_family_verdict(monkeypatch):
     from metalearn.tasks import Task
 
-    tasks = [Task(two_shot_task().support, two_shot_task().query, "classification", task_id=f"t{i}",
-                  label_names=("alarm", "music", "taxi")) for i in range(6)]
+    six = [Task(two_shot_task().support, two_shot_task().query, "classification", task_id=f"t{i}",
+                label_names=("alarm", "music", "taxi")) for i in range(6)]
 
     def folds_say(differences):  # each task's held-out accuracy, meta minus foundation; its own decision follows
         table = dict(zip([f"t{i}" for i in range(6)], differences))
@@ -131,7 +131,7 @@ def test_gated_decisions_pool_the_tasks_folds_into_a_family_verdict(monkeypatch)
             "use": "meta" if table[task.task_id] > 0 else "foundation", "task_id": task.task_id,
             "held_out_accuracy": {"meta": 0.5 + table[task.task_id], "foundation": 0.5}})
 
-    learner, tasks = encoder_learner(), tasks[:3]
+    learner, tasks = encoder_learner(), six[:3]
     folds_say([0.3, -0.1, 0.1])  # better on the whole, but the interval reaches 0: each task keeps its own decision
     choices, verdict = guard.decide_gated(learner, tasks, steps=1)
     assert verdict["use"] == "per task" and verdict["held_out_difference"] == pytest.approx(0.1)
@@ -143,8 +143,7 @@ def test_gated_decisions_pool_the_tasks_folds_into_a_family_verdict(monkeypatch)
     assert [c["task_id"] for c in choices] == ["t0", "t1", "t2"]
     folds_say([0.3, -0.1, 0.1])
     assert guard.decide_gated(learner, tasks, steps=1, margin=0.2)[1]["use"] == "foundation"  # not by enough
-    tasks = [Task(t.support, t.query, t.kind, task_id=f"t{i}", label_names=t.label_names)
-             for i, t in enumerate(tasks * 2)]
+    tasks = six
     folds_say([0.3, 0.3, 0.3, 0.3, 0.3, -0.05])  # better beyond doubt: the one task that "lost" was noise, all adapt
     choices, verdict = guard.decide_gated(learner, tasks, steps=1)
     assert verdict["use"] == "meta" and verdict["held_out_difference"] - verdict["ci95"] > 0

@@ -19,8 +19,8 @@ and the frozen foundation classify the held-out examples; the task keeps the ada
 wins there. :func:`combine` turns those per-task choices into a guarded method's results on the very
 same test episodes (so its paired differences are exact). At K = 1 there is nothing to hold out: use
 :func:`choose` on a validation split (big enough to predict the test split). A handful of held-out
-support examples cannot see a small family-wide loss, so :func:`decide_gated` first pools the folds of
-all the tasks being decided into one verdict for the family, and decides per task only where it keeps the init.
+support examples cannot see a small family-wide loss, so :func:`decide_gated` pools the folds of all the
+tasks being decided into one verdict for the family (all adapt, none adapt, or each task decides).
 """
 from __future__ import annotations
 

@@ -56,6 +56,8 @@ DATASETS = ("clinc150", "hwu64", "fewrel", "huffpost")
 TARGET_SPLITS = {"hwu64": [0.25, 0.25, 0.5], "fewrel": [0.34, 0.33, 0.33]}
 """Class splits of HWU64 and FewRel as targets: the earlier run's (README), so the test classes are the same."""
 BASELINES = ["prototypes", "linear_probe", "random_init"]
+NAMED = ("clinc150", "hwu64", "fewrel")
+"""Data sets whose classes have readable names (``--class-names``); HuffPost's are numbers."""
 
 
 @dataclass
@@ -108,19 +110,22 @@ def sources_for(row: Row, args) -> metalearn.tasks.Mixture:
         classes = spec.classes("train") if row.in_domain and name == row.target else [
             c for s in ("train", "val", "test") for c in spec.classes(s)]
         families[name] = load(name, splits={"train": classes, "val": [], "test": []}, q_query=args.train_queries,
-                              n_way=(min(5, len(classes)), min(args.train_ways, len(classes))), k_shot=args.train_shots)
+                              n_way=(min(5, len(classes)), min(args.train_ways, len(classes))), k_shot=args.train_shots,
+                              class_names=args.class_names and name in NAMED)
     return mix(families, name="+".join(row.sources))
 
 
-def target_for(row: Row, n_way: int, k_shot: int):
-    """The target's episodes: its test classes; validation on the classes no learner saw. None if N is too large."""
+def target_for(row: Row, n_way: int, k_shot: int, class_names: bool = False):
+    """The target's episodes: its test classes; validation on the classes no learner saw. None if N is too large.
+
+    ``class_names``: each class's name joins its support examples, where the data set has readable names."""
     spec = conventional(row.target)
     train, val, test = (spec.classes(s) for s in ("train", "val", "test"))
     if not row.in_domain:
         train, val = [], train + val  # the whole data set is held out: every non-test class can validate
     if n_way > min(len(val), len(test)):
         return None
-    return load(row.target, n_way=n_way, k_shot=k_shot, q_query=5,
+    return load(row.target, n_way=n_way, k_shot=k_shot, q_query=5, class_names=class_names and row.target in NAMED,
                 splits={"train": train, "val": val, "test": test})
 
 
@@ -198,7 +203,8 @@ def guard_again(summary: dict, args, out: str, rows_wanted: list[Row]) -> None:
         row_dir = row_folder(out, row)
         results = EvalResults.load(cell_folder(row_dir, row, n_way, k_shot)).without("protomaml+guard")
         meta = metalearn.load(os.path.join(row_dir, "train_protomaml", "learner"))
-        rows, record = guarded_rows(row, results, meta, target_for(row, n_way, k_shot), n_way, k_shot, args, row_dir)
+        family = target_for(row, n_way, k_shot, getattr(args, "class_names", False))  # older runs lack the option
+        rows, record = guarded_rows(row, results, meta, family, n_way, k_shot, args, row_dir)
         at = next(i for i, r in enumerate(summary["rows"]) if r["cell"] == cell)  # keep the table's cell order
         kept = [r for r in summary["rows"] if r["cell"] != cell]
         summary["rows"] = kept[:at] + rows + kept[at:]
@@ -228,7 +234,7 @@ RUN_ARGS = {"quick", "output_dir", "targets", "in_domain", "settings", "threads"
 def resumed(previous: dict, args) -> dict:
     """The summary of an earlier run to extend (``--resume``), if it computed its cells the way ``args`` would."""
     now = {k: v for k, v in vars(args).items() if k not in RUN_ARGS}
-    then = {k: v for k, v in previous["args"].items() if k not in RUN_ARGS}
+    then = {"class_names": False, **{k: v for k, v in previous["args"].items() if k not in RUN_ARGS}}  # added later
     differ = sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k))
     if differ:
         raise SystemExit(f"--resume: {args.output_dir} holds cells computed with other settings "
@@ -279,6 +285,9 @@ def main(argv=None) -> None:
     parser.add_argument("--meta-lr", type=float, default=1e-3)
     parser.add_argument("--prompt-tokens", type=int, default=0,
                         help="soft prompt length; 0 (LoRA only, B = 0) starts meta-training at the frozen foundation")
+    parser.add_argument("--class-names", action="store_true",
+                        help="each class's name joins its support set as one more example (meta-training and test "
+                        f"episodes of {', '.join(NAMED)}; HuffPost's classes are numbers)")
     parser.add_argument("--guard-folds", type=int, default=5, help="support folds of the per-task guard (K >= 2)")
     parser.add_argument("--guard-episodes", type=int, default=100,
                         help="validation episodes of the per-target guard (K = 1)")
@@ -323,7 +332,7 @@ def main(argv=None) -> None:
     for row in rows:
         todo = {}
         for n_way, k_shot in settings:
-            family = None if cell_name(row, n_way, k_shot) in done else target_for(row, n_way, k_shot)
+            family = None if cell_name(row, n_way, k_shot) in done else target_for(row, n_way, k_shot, args.class_names)
             if family is not None:
                 todo[n_way, k_shot] = family
             elif cell_name(row, n_way, k_shot) not in done:

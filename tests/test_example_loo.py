@@ -3,6 +3,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,8 +53,14 @@ def test_rows_sources_and_targets():
     with pytest.raises(ValueError, match="target 'hwu64' is also a source"):  # refused before any work or file
         loo.main(["--targets", "hwu64=clinc150+hwu64", "--output-dir", os.path.join(ROOT, "runs", "never")])
     assert not os.path.exists(os.path.join(ROOT, "runs", "never"))
-    args = type("Args", (), {"train_queries": 5, "train_ways": 10, "train_shots": (1, 5)})()
+    args = type("Args", (), {"train_queries": 5, "train_ways": 10, "train_shots": (1, 5), "class_names": False})()
     in_domain = loo.sources_for(rows[2], args)
+    assert not any(f.class_names for f in in_domain.sources.values())
+    args.class_names = True  # names where a data set has readable ones; HuffPost's classes are numbers
+    named = loo.sources_for(rows[2], args).sources
+    assert {n: bool(f.class_names) for n, f in named.items()} == {
+        "clinc150": True, "hwu64": True, "fewrel": True, "huffpost": False}
+    assert loo.target_for(rows[2], 15, 1, class_names=True).sample("test", np.random.default_rng(0)).meta["class_names"]
     clinc = loo.conventional("clinc150")
     assert set(in_domain.sources["clinc150"].classes("train")) == set(clinc.classes("train"))  # train intents only
     assert len(in_domain.sources["fewrel"].classes("train")) == 16  # a source data set gives all its classes
@@ -73,6 +80,7 @@ def test_resume_runs_only_the_missing_cells_and_refuses_other_settings(tmp_path,
     kept = [r for r in summary["rows"] if r["cell"] == "huffpost 5w1s"]
     summary["rows"] = kept  # as if the run had stopped after its first cell
     del summary["guard"]["huffpost 5w2s"]
+    del summary["args"]["class_names"]  # a run from before --class-names existed resumes as one without names
     (out / "summary.json").write_text(json.dumps(summary))
     calls = []
     real = loo.evaluate_cell
@@ -90,6 +98,8 @@ def test_resume_runs_only_the_missing_cells_and_refuses_other_settings(tmp_path,
     before = (out / "summary.json").read_text()
     with pytest.raises(SystemExit, match="seed=0 there, 1 here"):
         loo.main(["--quick", "--quiet", "--resume", "--seed", "1", "--output-dir", str(out)])
+    with pytest.raises(SystemExit, match="class_names=False there, True here"):
+        loo.main(["--quick", "--quiet", "--resume", "--class-names", "--output-dir", str(out)])
     assert (out / "summary.json").read_text() == before
 
 

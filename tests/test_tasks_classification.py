@@ -7,6 +7,7 @@ from collections import Counter
 
 import datasets
 import numpy as np
+import pytest
 import torch
 
 from metalearn.tasks import NWayKShot, Verbalized, data_dir, load
@@ -142,3 +143,33 @@ def test_a_target_only_data_set_may_have_no_train_classes():
         fam.sample("train", np.random.default_rng(0))
     with pytest.raises(ValueError, match="split 'val' has 2 classes but n_way is up to 3"):  # too small, not empty
         NWayKShot(toy(), n_way=3, k_shot=1, q_query=2, splits={"train": [], "val": classes[:2], "test": classes[2:]})
+
+
+def test_class_names_add_one_readable_name_per_class_to_the_support_only():
+    plain = load("clinc150", n_way=5, k_shot=2, q_query=3)
+    named = load("clinc150", n_way=5, k_shot=2, q_query=3, class_names=True)
+    a, b = plain.sample("test", np.random.default_rng(3)), named.sample("test", np.random.default_rng(3))
+    assert b.label_names == a.label_names and b.meta["k_shot"] == 2 and b.meta["class_names"]
+    assert not a.meta["class_names"]
+    assert sorted(b.query["text"]) == sorted(a.query["text"])  # the same examples were drawn
+    extra = Counter(b.support["text"]) - Counter(a.support["text"])
+    assert len(b.support["text"]) == len(a.support["text"]) + 5 and sum(extra.values()) == 5
+    for text, label in zip(b.support["text"], b.support["label"].tolist()):
+        if text in extra:  # the name sits under its own class's episode label
+            assert text == b.label_names[label].replace("_", " ") and "_" not in text
+
+
+def test_class_names_from_a_mapping_and_the_refusals_name_the_fix():
+    data = toy()
+    fam = NWayKShot(data, n_way=2, k_shot=1, q_query=2, splits={"train": ["c0", "c1", "c2", "c3", "c4", "c5"],
+                    "val": [], "test": []}, class_names={f"c{c}": f"class number {c}" for c in range(6)})
+    task = fam.sample("train", np.random.default_rng(0))
+    names = {t: y for t, y in zip(task.support["text"], task.support["label"].tolist()) if t.startswith("class")}
+    assert {t: task.label_names[y] for t, y in names.items()} == {f"class number {c[1:]}": c for c in task.label_names}
+    with pytest.raises(ValueError, match=r"class_names lacks a text for class\(es\) \['c5'\]"):
+        NWayKShot(data, n_way=2, splits=(0.5, 0.0, 0.5), class_names={f"c{c}": "x" for c in range(5)})
+    numbered = {"text": data["text"], "label": [lab[1:] for lab in data["label"]]}
+    with pytest.raises(ValueError, match="needs readable class names, but its classes are numbers"):
+        NWayKShot(numbered, n_way=2, splits=(0.5, 0.0, 0.5), class_names=True)
+    with pytest.raises(ValueError, match="class_names='yes' is invalid"):
+        NWayKShot(data, n_way=2, splits=(0.5, 0.0, 0.5), class_names="yes")

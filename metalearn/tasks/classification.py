@@ -5,6 +5,10 @@ classes of one meta-split, K support and Q query examples for each, and remap th
 labels ``0..N-1`` in a random order so a model cannot memorise class identities across episodes.
 Meta-splits are disjoint by class; optionally every episode draws its classes from one group
 (e.g. one CLINC150 domain), and N and K may vary per episode (``n_way=(3, 10)``).
+
+With ``class_names`` each class also brings its name as one more support example ("book flight" among
+the utterances of ``book_flight``), the label-name side information that few-shot intent detection
+commonly uses. Every method sees it as an ordinary support example, so comparisons stay paired and fair.
 """
 from __future__ import annotations
 
@@ -38,6 +42,9 @@ class NWayKShot:
         split_by: ``"class"`` (default) or ``"group"`` (whole groups go to one meta-split).
         seed: fixes the split assignment; episodes depend only on the rng given to ``sample``.
         name: the data set's name, used in task ids and error messages.
+        class_names: add each class's name to the support set as one more example: ``True`` takes the
+            label made readable (``book_flight`` -> ``book flight``), a mapping ``{class: text}`` gives the
+            texts. K counts the real examples only (``meta["class_names"]`` says the names were added).
 
     Example:
         >>> fam = NWayKShot({"text": list("abcdefgh"), "label": list("xxyyzzww")}, n_way=2, k_shot=1,
@@ -51,7 +58,8 @@ class NWayKShot:
     def __init__(self, data: Any, *, n_way: int | Sequence[int] = 5, k_shot: int | Sequence[int] = 1,
                  q_query: int = 5, text_column: str = "text", label_column: str = "label",
                  splits: Any = (0.6, 0.2, 0.2), group_by: str | Mapping[str, str] | None = None,
-                 split_by: str = "class", seed: int = 0, name: str = "dataset") -> None:
+                 split_by: str = "class", seed: int = 0, name: str = "dataset",
+                 class_names: bool | Mapping[str, str] = False) -> None:
         self.name, self.seed = name, seed
         self.n_way, self.k_shot, self.q_query = n_way, k_shot, int(q_query)
         self._ways, self._shots = as_range(n_way, "n_way"), as_range(k_shot, "k_shot")
@@ -74,6 +82,8 @@ class NWayKShot:
             parts = {s: sorted(c for c in self._rows if self._group_of[c] in set(g)) for s, g in parts.items()}
         self._split_classes = {s: sorted(parts[s]) for s in SPLITS}
         self._validate()
+        self.class_names = class_names
+        self._names = _name_texts(class_names, sorted(self._rows), name)
 
     # ---------------------------------------------------------------- construction helpers
 
@@ -156,27 +166,53 @@ class NWayKShot:
         if not pool:
             raise ValueError(f"data set {self.name!r} has no {split!r} classes to sample; give that split classes")
         chosen = [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
-        support: list[tuple[int, int]] = []
-        query: list[tuple[int, int]] = []
+        support: list[tuple[str, int]] = []
+        query: list[tuple[str, int]] = []
         for label, cls in enumerate(chosen):
             idx = rng.choice(self._rows[cls], size=k + q, replace=False)
-            support += [(int(i), label) for i in idx[:k]]
-            query += [(int(i), label) for i in idx[k:]]
+            support += [(self._texts[i], label) for i in idx[:k]]
+            query += [(self._texts[i], label) for i in idx[k:]]
+            if self._names is not None:
+                support.append((self._names[cls], label))
         return Task(
             support=self._columns(support, rng),
             query=self._columns(query, rng),
             kind=self.kind,
             task_id=f"{self.name}/{split}/" + "+".join(chosen),
             label_names=tuple(chosen),
-            meta={"split": split, "dataset": self.name, "group": group, "n_way": n, "k_shot": k, "q_query": q},
+            meta={"split": split, "dataset": self.name, "group": group, "n_way": n, "k_shot": k, "q_query": q,
+                  "class_names": self._names is not None},
         )
 
-    def _columns(self, pairs: list[tuple[int, int]], rng: np.random.Generator) -> dict:
+    def _columns(self, pairs: list[tuple[str, int]], rng: np.random.Generator) -> dict:
         order = rng.permutation(len(pairs))
         return {
-            "text": [self._texts[pairs[i][0]] for i in order],
+            "text": [pairs[i][0] for i in order],
             "label": torch.tensor([pairs[i][1] for i in order], dtype=torch.long),
         }
+
+
+def _name_texts(class_names: Any, classes: list[str], dataset: str) -> dict[str, str] | None:
+    """``{class: the text added to its support}``, or None when ``class_names`` is off; bad input refused by name."""
+    if class_names is False or class_names is None:
+        return None
+    if class_names is True:
+        numbers = [c for c in classes if c.strip().lstrip("-").isdigit()]
+        if numbers:
+            raise ValueError(f"data set {dataset!r}: class_names=True needs readable class names, but its classes are "
+                             f"numbers ({', '.join(numbers[:3])}, ...); give class_names={{class: text}}, or leave "
+                             "class_names off")
+        return {c: " ".join(c.replace("_", " ").split()) for c in classes}
+    if not isinstance(class_names, Mapping):
+        raise ValueError(f"data set {dataset!r}: class_names={class_names!r} is invalid; use True, False or a "
+                         "mapping {class: text}")
+    texts = {str(c): t for c, t in class_names.items()}
+    missing = [c for c in classes if c not in texts]
+    blank = [c for c in classes if c in texts and (not isinstance(texts[c], str) or not texts[c].strip())]
+    if missing or blank:
+        raise ValueError(f"data set {dataset!r}: class_names lacks a text for class(es) {(missing + blank)[:10]}; "
+                         "give a non-empty text for every class")
+    return {c: texts[c].strip() for c in classes}
 
 
 def _label_names(data: Any, column: str, values: list) -> list[str]:

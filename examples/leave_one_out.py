@@ -103,7 +103,10 @@ def conventional(name: str):
 
 
 def sources_for(row: Row, args) -> metalearn.tasks.Mixture:
-    """The meta-training mixture: every class of each source data set, only the training classes of the target."""
+    """The meta-training mixture: every class of each source data set, only the training classes of the target.
+
+    Each episode comes from one source; an in-domain row's own data set has ``--in-domain-weight`` times the
+    weight of each other source."""
     families = {}
     for name in row.sources:
         spec = load(name)
@@ -112,7 +115,8 @@ def sources_for(row: Row, args) -> metalearn.tasks.Mixture:
         families[name] = load(name, splits={"train": classes, "val": [], "test": []}, q_query=args.train_queries,
                               n_way=(min(5, len(classes)), min(args.train_ways, len(classes))), k_shot=args.train_shots,
                               class_names=args.class_names and name in NAMED)
-    return mix(families, name="+".join(row.sources))
+    weights = [args.in_domain_weight if row.in_domain and name == row.target else 1.0 for name in row.sources]
+    return mix(families, weights=weights, name="+".join(row.sources))
 
 
 def target_for(row: Row, n_way: int, k_shot: int, class_names: bool = False):
@@ -234,7 +238,8 @@ RUN_ARGS = {"quick", "output_dir", "targets", "in_domain", "settings", "threads"
 def resumed(previous: dict, args) -> dict:
     """The summary of an earlier run to extend (``--resume``), if it computed its cells the way ``args`` would."""
     now = {k: v for k, v in vars(args).items() if k not in RUN_ARGS}
-    then = {"class_names": False, **{k: v for k, v in previous["args"].items() if k not in RUN_ARGS}}  # added later
+    added_later = {"class_names": False, "in_domain_weight": 1.0}  # what runs from before these options computed
+    then = {**added_later, **{k: v for k, v in previous["args"].items() if k not in RUN_ARGS}}
     differ = sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k))
     if differ:
         raise SystemExit(f"--resume: {args.output_dir} holds cells computed with other settings "
@@ -274,6 +279,9 @@ def main(argv=None) -> None:
     parser.add_argument("--lr-grid", type=float, nargs="+", default=[0.3, 1.0, 3.0], help="inner-lr multipliers")
     parser.add_argument("--steps", type=int, nargs="+", default=[0, 3], help="inner steps scored at evaluation")
     parser.add_argument("--train-episodes", type=int, default=300, help="meta-training episodes per method and row")
+    parser.add_argument("--in-domain-weight", type=float, default=1.0,
+                        help="the in-domain row's own training classes: their share of meta-training episodes, "
+                        "relative to each other source's")
     parser.add_argument("--train-ways", type=int, default=10, help="largest N of meta-training episodes (from 5)")
     parser.add_argument("--train-shots", type=int, nargs=2, default=[1, 5], help="K range of meta-training episodes")
     parser.add_argument("--train-queries", type=int, default=5, help="query examples per class when meta-training")
@@ -319,6 +327,9 @@ def main(argv=None) -> None:
         return
     rows = parse_rows(args.targets, args.in_domain, list(DATASETS))  # bad input fails before any work
     settings = parse_settings(args.settings)
+    if not args.in_domain_weight > 0:
+        raise SystemExit(f"--in-domain-weight {args.in_domain_weight} is invalid; give a positive share (1 = as much "
+                         "as each other source)")
     torch.set_num_threads(args.threads)
     summary_path = os.path.join(out, "summary.json")
     summary = {"args": {k: v for k, v in vars(args).items()}, "rows": [], "guard": {}, "runs": []}

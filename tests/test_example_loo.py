@@ -52,9 +52,17 @@ def test_rows_sources_and_targets():
         loo.parse_rows("hwu64=hwu64+clinc150", "", list(loo.DATASETS))
     with pytest.raises(ValueError, match="target 'hwu64' is also a source"):  # refused before any work or file
         loo.main(["--targets", "hwu64=clinc150+hwu64", "--output-dir", os.path.join(ROOT, "runs", "never")])
+    with pytest.raises(SystemExit, match="--in-domain-weight -1.0 is invalid"):
+        loo.main(["--in-domain-weight", "-1", "--output-dir", os.path.join(ROOT, "runs", "never")])
     assert not os.path.exists(os.path.join(ROOT, "runs", "never"))
-    args = type("Args", (), {"train_queries": 5, "train_ways": 10, "train_shots": (1, 5), "class_names": False})()
+    args = type("Args", (), {"train_queries": 5, "train_ways": 10, "train_shots": (1, 5), "class_names": False,
+                             "in_domain_weight": 1.0})()
     in_domain = loo.sources_for(rows[2], args)
+    assert list(in_domain.weights.values()) == pytest.approx([0.25] * 4)
+    args.in_domain_weight = 3.0  # the in-domain row's own data set: half the episodes against three others
+    assert list(loo.sources_for(rows[2], args).weights.values()) == pytest.approx([0.5, 1 / 6, 1 / 6, 1 / 6])
+    assert list(loo.sources_for(rows[0], args).weights.values()) == pytest.approx([1 / 3] * 3)  # held out: no own data
+    args.in_domain_weight = 1.0
     assert not any(f.class_names for f in in_domain.sources.values())
     args.class_names = True  # names where a data set has readable ones; HuffPost's classes are numbers
     named = loo.sources_for(rows[2], args).sources

@@ -114,7 +114,7 @@ def sources_for(row: Row, args) -> metalearn.tasks.Mixture:
             c for s in ("train", "val", "test") for c in spec.classes(s)]
         families[name] = load(name, splits={"train": classes, "val": [], "test": []}, q_query=args.train_queries,
                               n_way=(min(5, len(classes)), min(args.train_ways, len(classes))), k_shot=args.train_shots,
-                              class_names=args.class_names and name in NAMED)
+                              class_names=args.class_names == "all" and name in NAMED)
     weights = [args.in_domain_weight if row.in_domain and name == row.target else 1.0 for name in row.sources]
     return mix(families, weights=weights, name="+".join(row.sources))
 
@@ -207,7 +207,7 @@ def guard_again(summary: dict, args, out: str, rows_wanted: list[Row]) -> None:
         row_dir = row_folder(out, row)
         results = EvalResults.load(cell_folder(row_dir, row, n_way, k_shot)).without("protomaml+guard")
         meta = metalearn.load(os.path.join(row_dir, "train_protomaml", "learner"))
-        family = target_for(row, n_way, k_shot, getattr(args, "class_names", False))  # older runs lack the option
+        family = target_for(row, n_way, k_shot, getattr(args, "class_names", "none") != "none")  # older runs lack it
         rows, record = guarded_rows(row, results, meta, family, n_way, k_shot, args, row_dir)
         at = next(i for i, r in enumerate(summary["rows"]) if r["cell"] == cell)  # keep the table's cell order
         kept = [r for r in summary["rows"] if r["cell"] != cell]
@@ -238,7 +238,7 @@ RUN_ARGS = {"quick", "output_dir", "targets", "in_domain", "settings", "threads"
 def resumed(previous: dict, args) -> dict:
     """The summary of an earlier run to extend (``--resume``), if it computed its cells the way ``args`` would."""
     now = {k: v for k, v in vars(args).items() if k not in RUN_ARGS}
-    added_later = {"class_names": False, "in_domain_weight": 1.0}  # what runs from before these options computed
+    added_later = {"class_names": "none", "in_domain_weight": 1.0}  # what runs from before these options computed
     then = {**added_later, **{k: v for k, v in previous["args"].items() if k not in RUN_ARGS}}
     differ = sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k))
     if differ:
@@ -293,9 +293,10 @@ def main(argv=None) -> None:
     parser.add_argument("--meta-lr", type=float, default=1e-3)
     parser.add_argument("--prompt-tokens", type=int, default=0,
                         help="soft prompt length; 0 (LoRA only, B = 0) starts meta-training at the frozen foundation")
-    parser.add_argument("--class-names", action="store_true",
-                        help="each class's name joins its support set as one more example (meta-training and test "
-                        f"episodes of {', '.join(NAMED)}; HuffPost's classes are numbers)")
+    parser.add_argument("--class-names", nargs="?", const="all", default="none", choices=["none", "test", "all"],
+                        help="each class's name joins its support set as one more example, in the test episodes "
+                        "('test') or in meta-training too ('all', the same as the bare flag); for "
+                        f"{', '.join(NAMED)} (HuffPost's classes are numbers)")
     parser.add_argument("--guard-folds", type=int, default=5, help="support folds of the per-task guard (K >= 2)")
     parser.add_argument("--guard-episodes", type=int, default=100,
                         help="validation episodes of the per-target guard (K = 1)")
@@ -343,7 +344,8 @@ def main(argv=None) -> None:
     for row in rows:
         todo = {}
         for n_way, k_shot in settings:
-            family = None if cell_name(row, n_way, k_shot) in done else target_for(row, n_way, k_shot, args.class_names)
+            names = args.class_names != "none"
+            family = None if cell_name(row, n_way, k_shot) in done else target_for(row, n_way, k_shot, names)
             if family is not None:
                 todo[n_way, k_shot] = family
             elif cell_name(row, n_way, k_shot) not in done:

@@ -55,7 +55,7 @@ def test_rows_sources_and_targets():
     with pytest.raises(SystemExit, match="--in-domain-weight -1.0 is invalid"):
         loo.main(["--in-domain-weight", "-1", "--output-dir", os.path.join(ROOT, "runs", "never")])
     assert not os.path.exists(os.path.join(ROOT, "runs", "never"))
-    args = type("Args", (), {"train_queries": 5, "train_ways": 10, "train_shots": (1, 5), "class_names": False,
+    args = type("Args", (), {"train_queries": 5, "train_ways": 10, "train_shots": (1, 5), "class_names": "none",
                              "in_domain_weight": 1.0})()
     in_domain = loo.sources_for(rows[2], args)
     assert list(in_domain.weights.values()) == pytest.approx([0.25] * 4)
@@ -64,7 +64,9 @@ def test_rows_sources_and_targets():
     assert list(loo.sources_for(rows[0], args).weights.values()) == pytest.approx([1 / 3] * 3)  # held out: no own data
     args.in_domain_weight = 1.0
     assert not any(f.class_names for f in in_domain.sources.values())
-    args.class_names = True  # names where a data set has readable ones; HuffPost's classes are numbers
+    args.class_names = "test"  # names in the test episodes only: meta-training as without
+    assert not any(f.class_names for f in loo.sources_for(rows[2], args).sources.values())
+    args.class_names = "all"  # names where a data set has readable ones; HuffPost's classes are numbers
     named = loo.sources_for(rows[2], args).sources
     assert {n: bool(f.class_names) for n, f in named.items()} == {
         "clinc150": True, "hwu64": True, "fewrel": True, "huffpost": False}
@@ -106,7 +108,7 @@ def test_resume_runs_only_the_missing_cells_and_refuses_other_settings(tmp_path,
     before = (out / "summary.json").read_text()
     with pytest.raises(SystemExit, match="seed=0 there, 1 here"):
         loo.main(["--quick", "--quiet", "--resume", "--seed", "1", "--output-dir", str(out)])
-    with pytest.raises(SystemExit, match="class_names=False there, True here"):
+    with pytest.raises(SystemExit, match="class_names='none' there, 'all' here"):
         loo.main(["--quick", "--quiet", "--resume", "--class-names", "--output-dir", str(out)])
     assert (out / "summary.json").read_text() == before
 

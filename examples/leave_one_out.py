@@ -341,10 +341,10 @@ def main(argv=None) -> None:
     os.makedirs(out, exist_ok=True)
     started = time.time()
     this_run = {"argv": args.argv, "minutes": 0.0, "code": checkout()}  # listed once it has added a cell
+    names = args.class_names != "none"  # in the test episodes, whether or not in meta-training
     for row in rows:
         todo = {}
         for n_way, k_shot in settings:
-            names = args.class_names != "none"
             family = None if cell_name(row, n_way, k_shot) in done else target_for(row, n_way, k_shot, names)
             if family is not None:
                 todo[n_way, k_shot] = family

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import torch
 
 import metalearn
+from metalearn.adapters import check_target_modules
 from metalearn.eval import EvalResults, guard, metrics, sample_tasks
 from metalearn.eval.report import atomic_write
 from metalearn.tasks import check_target, load, mix
@@ -135,9 +136,20 @@ def target_for(row: Row, n_way: int, k_shot: int, class_names: bool = False):
 
 def adapter_settings(args) -> dict:
     return dict(model_name=encoder_path(), quantization="nf4", compute_dtype=compute_dtype(args.compute_dtype),
-                lora_r=8, target_modules=["query", "value"], prompt_tokens=args.prompt_tokens, head="prototype",
+                lora_r=args.lora_r, target_modules=args.lora_targets, prompt_tokens=args.prompt_tokens, head="prototype",
                 head_metric="cosine", head_temperature=0.05,
                 inner_lr=args.inner_lr, support_temperature=args.support_temperature, seed=args.seed)
+
+
+def check_adapters(args) -> None:
+    """Refuse a bad ``--lora-r`` or ``--lora-targets`` before any work (the encoder is built from its config only)."""
+    if args.lora_r < 1:
+        raise SystemExit(f"--lora-r {args.lora_r} is invalid; give a positive rank (8 is the grid's)")
+    from transformers import AutoConfig, AutoModel
+    try:
+        check_target_modules(AutoModel.from_config(AutoConfig.from_pretrained(encoder_path())), args.lora_targets)
+    except ValueError as e:
+        raise SystemExit(f"--lora-targets: {e}") from None
 
 
 def train(row: Row, mixture, args, out: str) -> dict[str, metalearn.Learner]:
@@ -238,7 +250,8 @@ RUN_ARGS = {"quick", "output_dir", "targets", "in_domain", "settings", "threads"
 def resumed(previous: dict, args) -> dict:
     """The summary of an earlier run to extend (``--resume``), if it computed its cells the way ``args`` would."""
     now = {k: v for k, v in vars(args).items() if k not in RUN_ARGS}
-    added_later = {"class_names": "none", "in_domain_weight": 1.0}  # what runs from before these options computed
+    added_later = {"class_names": "none", "in_domain_weight": 1.0,  # what runs from before these options computed
+                   "lora_r": 8, "lora_targets": ["query", "value"]}
     then = {**added_later, **{k: v for k, v in previous["args"].items() if k not in RUN_ARGS}}
     differ = sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k))
     if differ:
@@ -291,6 +304,10 @@ def main(argv=None) -> None:
                         help="cosine-head temperature of the inner loop's support loss (the head's own is 0.05, at "
                         "which a 1-shot support loss is ~0 and even a 5-shot one ~0.003)")
     parser.add_argument("--meta-lr", type=float, default=1e-3)
+    parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
+    parser.add_argument("--lora-targets", nargs="+", default=["query", "value"],
+                        help="the encoder's linear layers that get LoRA ('query key value output.dense "
+                        "intermediate.dense': every projection of every block, not the unused pooler)")
     parser.add_argument("--prompt-tokens", type=int, default=0,
                         help="soft prompt length; 0 (LoRA only, B = 0) starts meta-training at the frozen foundation")
     parser.add_argument("--class-names", nargs="?", const="all", default="none", choices=["none", "test", "all"],
@@ -331,6 +348,7 @@ def main(argv=None) -> None:
     if not args.in_domain_weight > 0:
         raise SystemExit(f"--in-domain-weight {args.in_domain_weight} is invalid; give a positive share (1 = as much "
                          "as each other source)")
+    check_adapters(args)
     torch.set_num_threads(args.threads)
     summary_path = os.path.join(out, "summary.json")
     summary = {"args": {k: v for k, v in vars(args).items()}, "rows": [], "guard": {}, "runs": []}

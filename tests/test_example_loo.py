@@ -54,6 +54,12 @@ def test_rows_sources_and_targets():
         loo.main(["--targets", "hwu64=clinc150+hwu64", "--output-dir", os.path.join(ROOT, "runs", "never")])
     with pytest.raises(SystemExit, match="--in-domain-weight -1.0 is invalid"):
         loo.main(["--in-domain-weight", "-1", "--output-dir", os.path.join(ROOT, "runs", "never")])
+    with pytest.raises(SystemExit, match="--lora-r 0 is invalid"):
+        loo.main(["--lora-r", "0", "--output-dir", os.path.join(ROOT, "runs", "never")])
+    with pytest.raises(SystemExit, match="--lora-targets: LoRA target module 'querry' does not exist"):
+        loo.main(["--lora-targets", "query", "querry", "--output-dir", os.path.join(ROOT, "runs", "never")])
+    with pytest.raises(SystemExit, match="'pooler' is a BertPooler, not a layer LoRA can adapt"):
+        loo.main(["--lora-targets", "pooler", "--output-dir", os.path.join(ROOT, "runs", "never")])
     assert not os.path.exists(os.path.join(ROOT, "runs", "never"))
     args = type("Args", (), {"train_queries": 5, "train_ways": 10, "train_shots": (1, 5), "class_names": "none",
                              "in_domain_weight": 1.0})()
@@ -82,6 +88,23 @@ def test_rows_sources_and_targets():
     assert loo.target_for(rows[1], 15, 1) is None  # FewRel has 5 test relations: no 15-way cell
 
 
+def test_lora_rank_and_layers_reach_the_learners():
+    loo = example()
+    args = loo.main.__globals__["argparse"].Namespace(
+        train_queries=5, train_ways=5, train_shots=(1, 2), class_names="none", in_domain_weight=1.0, prompt_tokens=0,
+        compute_dtype="auto", inner_lr=0.5, support_temperature=0.2, seed=0, lora_r=4,
+        lora_targets=["query", "key", "value", "output.dense", "intermediate.dense"])
+    row = loo.parse_rows("", "huffpost", list(loo.DATASETS))[0]
+    learner = loo.metalearn.fit(loo.sources_for(row, args), method="protonet", meta_steps=0, progress=False,
+                                **loo.adapter_settings(args))
+    shapes = {n: tuple(p.shape) for n, p in learner.meta_parameters().items() if "lora_A" in n}
+    layers = {n.split(".lora_A")[0].split("layer.", 1)[1] for n in shapes}  # e.g. "0.attention.self.key"
+    assert {name.split(".", 1)[1] for name in layers} == {
+        "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+        "intermediate.dense", "output.dense"}  # every projection of every block; never the pooler
+    assert len(layers) == 6 * 6 and {s[0] for s in shapes.values()} == {4}
+
+
 def test_resume_runs_only_the_missing_cells_and_refuses_other_settings(tmp_path, monkeypatch):
     loo = example()
     out = tmp_path / "loo"
@@ -91,6 +114,7 @@ def test_resume_runs_only_the_missing_cells_and_refuses_other_settings(tmp_path,
     summary["rows"] = kept  # as if the run had stopped after its first cell
     del summary["guard"]["huffpost 5w2s"]
     del summary["args"]["class_names"]  # a run from before --class-names existed resumes as one without names
+    del summary["args"]["lora_r"], summary["args"]["lora_targets"]  # ... and from before --lora-*: r=8 on query/value
     (out / "summary.json").write_text(json.dumps(summary))
     calls = []
     real = loo.evaluate_cell
@@ -110,6 +134,8 @@ def test_resume_runs_only_the_missing_cells_and_refuses_other_settings(tmp_path,
         loo.main(["--quick", "--quiet", "--resume", "--seed", "1", "--output-dir", str(out)])
     with pytest.raises(SystemExit, match="class_names='none' there, 'all' here"):
         loo.main(["--quick", "--quiet", "--resume", "--class-names", "--output-dir", str(out)])
+    with pytest.raises(SystemExit, match=r"lora_targets=\['query', 'value'\] there, \['query', 'key'\] here"):
+        loo.main(["--quick", "--quiet", "--resume", "--lora-targets", "query", "key", "--output-dir", str(out)])
     assert (out / "summary.json").read_text() == before
 
 

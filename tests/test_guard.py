@@ -1,4 +1,5 @@
 """The forgetting guard picks on validation data, and transfer targets must be held out."""
+import numpy as np
 import pytest
 import torch
 
@@ -69,6 +70,28 @@ def test_support_folds_hold_out_one_example_per_class():
     assert sorted(held) == sorted(task.support["text"])  # every support example is held out once
     one_shot = type(task)({k: v[::2] for k, v in task.support.items()}, task.query, "classification", task_id="k1")
     with pytest.raises(ValueError, match="needs K >= 2; at K = 1 decide per family"):
+        guard.support_folds(one_shot)
+
+
+def test_support_folds_keep_class_names_in_the_support_and_never_count_them():
+    from metalearn.tasks import load
+
+    task = load("clinc150", n_way=5, k_shot=2, q_query=1, class_names=True).sample("test", np.random.default_rng(0))
+    names = [task.support["text"][r] for r in task.meta["name_rows"]]
+    assert len(names) == 5 and len(task.support["text"]) == 15
+    folds = guard.support_folds(task)
+    assert len(folds) == 2  # K = 2 real examples per class, not 3 with the name
+    held = []
+    for fold in folds:
+        assert set(names) <= set(fold.support["text"]) and not set(names) & set(fold.query["text"])
+        assert sorted(fold.query["label"].tolist()) == [0, 1, 2, 3, 4]
+        assert [fold.support["text"][r] for r in fold.meta["name_rows"]] == [n for n in fold.support["text"]
+                                                                             if n in names]
+        held += fold.query["text"]
+    assert sorted(held) == sorted(t for t in task.support["text"] if t not in names)
+    one_shot = load("clinc150", n_way=5, k_shot=1, q_query=1, class_names=True).sample(
+        "test", np.random.default_rng(0))  # 2 support rows per class, but one is the name
+    with pytest.raises(ValueError, match="has 1 support example"):
         guard.support_folds(one_shot)
 
 

@@ -157,6 +157,8 @@ def test_class_names_add_one_readable_name_per_class_to_the_support_only():
     for text, label in zip(b.support["text"], b.support["label"].tolist()):
         if text in extra:  # the name sits under its own class's episode label
             assert text == b.label_names[label].replace("_", " ") and "_" not in text
+    assert [b.support["text"][r] for r in b.meta["name_rows"]] == sorted(extra, key=b.support["text"].index)
+    assert a.meta["name_rows"] == []
 
 
 def test_class_names_from_a_mapping_and_the_refusals_name_the_fix():

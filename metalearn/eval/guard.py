@@ -126,12 +126,16 @@ def support_folds(task: Task, folds: Optional[int] = None) -> list[Task]:
     """Pseudo-tasks from ``task``'s support set alone: fold j holds out the j-th support example of every class.
 
     Each has the other K-1 examples per class as support and the held-out ones as query; ``folds`` caps how
-    many (default K). Needs K >= 2 examples in every class.
+    many (default K). Needs K >= 2 examples in every class. Class names in the support set
+    (``task.meta["name_rows"]``, from ``NWayKShot(class_names=...)``) are side information, not examples: they
+    stay in every fold's support and are never held out, nor counted in K.
     """
     labels = torch.as_tensor(task.support["label"]).tolist()
+    names = set(task.meta.get("name_rows", ()))
     rows: dict[int, list[int]] = {}
     for i, y in enumerate(labels):
-        rows.setdefault(int(y), []).append(i)
+        if i not in names:
+            rows.setdefault(int(y), []).append(i)
     k = min(len(r) for r in rows.values())
     if k < 2:
         raise ValueError(f"task {task.task_id!r} has {k} support example(s) in a class: holding support examples out "
@@ -143,7 +147,8 @@ def support_folds(task: Task, folds: Optional[int] = None) -> list[Task]:
         held = sorted(r[j] for r in rows.values())
         rest = [i for i in range(len(labels)) if i not in set(held)]
         out.append(Task(_take(task.support, rest), _take(task.support, held), task.kind,
-                        task_id=f"{task.task_id}#fold{j}", label_names=task.label_names))
+                        task_id=f"{task.task_id}#fold{j}", label_names=task.label_names,
+                        meta={"name_rows": [r for r, i in enumerate(rest) if i in names]}))
     return out
 
 

@@ -44,7 +44,9 @@ class NWayKShot:
         name: the data set's name, used in task ids and error messages.
         class_names: add each class's name to the support set as one more example: ``True`` takes the
             label made readable (``book_flight`` -> ``book flight``), a mapping ``{class: text}`` gives the
-            texts. K counts the real examples only (``meta["class_names"]`` says the names were added).
+            texts. K counts the real examples only (``meta["class_names"]`` says the names were added,
+            ``meta["name_rows"]`` where they sit in the support set, so that ``guard.support_folds`` never
+            holds one out).
 
     Example:
         >>> fam = NWayKShot({"text": list("abcdefgh"), "label": list("xxyyzzww")}, n_way=2, k_shot=1,
@@ -168,28 +170,33 @@ class NWayKShot:
         chosen = [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
         support: list[tuple[str, int]] = []
         query: list[tuple[str, int]] = []
+        names: list[int] = []  # where the class names sit in ``support``
         for label, cls in enumerate(chosen):
             idx = rng.choice(self._rows[cls], size=k + q, replace=False)
             support += [(self._texts[i], label) for i in idx[:k]]
             query += [(self._texts[i], label) for i in idx[k:]]
             if self._names is not None:
+                names.append(len(support))
                 support.append((self._names[cls], label))
+        support_columns, order = self._columns(support, rng)
         return Task(
-            support=self._columns(support, rng),
-            query=self._columns(query, rng),
+            support=support_columns,
+            query=self._columns(query, rng)[0],
             kind=self.kind,
             task_id=f"{self.name}/{split}/" + "+".join(chosen),
             label_names=tuple(chosen),
             meta={"split": split, "dataset": self.name, "group": group, "n_way": n, "k_shot": k, "q_query": q,
-                  "class_names": self._names is not None},
+                  "class_names": self._names is not None,
+                  "name_rows": sorted(int(np.flatnonzero(order == i)[0]) for i in names)},
         )
 
-    def _columns(self, pairs: list[tuple[str, int]], rng: np.random.Generator) -> dict:
+    def _columns(self, pairs: list[tuple[str, int]], rng: np.random.Generator) -> tuple[dict, np.ndarray]:
+        """The pairs as columns in a random order; and that order (row r holds ``pairs[order[r]]``)."""
         order = rng.permutation(len(pairs))
         return {
             "text": [pairs[i][0] for i in order],
             "label": torch.tensor([pairs[i][1] for i in order], dtype=torch.long),
-        }
+        }, order
 
 
 def _name_texts(class_names: Any, classes: list[str], dataset: str) -> dict[str, str] | None:

@@ -8,6 +8,8 @@ import os
 import re
 import shlex
 
+from metalearn.eval import EvalResults
+from metalearn.eval.evaluate import paired_differences
 from metalearn.eval.report import atomic_write
 
 
@@ -112,3 +114,38 @@ def report(summary: dict, out: str) -> str:
             + tables(summary, out) + "\n")
     atomic_write(os.path.join(out, "summary.md"), text)
     return text
+
+
+def across(cell_a: str, cell_b: str, metric: str = "accuracy") -> list[dict]:
+    """Each method of run A's cell minus the same method of run B's, paired over the episodes both scored.
+
+    Two runs with the same seed and target draw the same test episodes (their task ids are checked, and a
+    difference is refused), so a change of training can be compared episode by episode. ``cell_a``,
+    ``cell_b``: cell folders the runs saved (e.g. ``runs/x/huffpost_in/huffpost_in_5way_5shot``)."""
+    a, b = EvalResults.load(cell_a), EvalResults.load(cell_b)
+    rows = []
+    for method in sorted({r["method"] for r in a.records} & {r["method"] for r in b.records}):
+        records = ([{**r, "method": "A"} for r in a.records if r["method"] == method]
+                   + [{**r, "method": "B"} for r in b.records if r["method"] == method])
+        rows += [{**p, "method": method} for p in paired_differences(records, "B") if p["metric"] == metric]
+    if not rows:
+        raise SystemExit(f"{cell_a} and {cell_b} share no method and step count: nothing to compare")
+    return sorted(rows, key=lambda r: (r["method"], r["steps"]))
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="paired differences between two leave-one-out runs' cells "
+                                     "(the same test episodes), method by method: A - B")
+    parser.add_argument("cell_a", help="a cell folder of run A")
+    parser.add_argument("cell_b", help="the same cell's folder in run B")
+    parser.add_argument("--metric", default="accuracy")
+    args = parser.parse_args(argv)
+    print(f"| method | steps | A − B ({args.metric}, points) | episodes |\n| --- | --- | --- | --- |")
+    for r in across(args.cell_a, args.cell_b, args.metric):
+        print(f"| {r['method']} | {r['steps']} | {100 * r['mean_diff']:+.2f} ± {100 * r['ci95']:.2f} | {r['n']} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -41,6 +41,24 @@ def test_leave_one_out_quick(tmp_path):
     saved = json.loads((out / "huffpost_loo" / "huffpost_5way_2shot" / "results.json").read_text())
     assert {r["method"] for r in saved["records"]} >= {"protomaml+guard", "finetune"}
 
+    # two runs' cells compared episode by episode (loo_report.across); here a run against an edited copy of itself
+    from loo_report import across
+    cell = out / "huffpost_loo" / "huffpost_5way_2shot"
+    same = across(str(cell), str(cell))
+    assert {r["method"] for r in same} >= {"protomaml", "protonet", "prototypes", "protomaml+guard"}
+    assert all(r["mean_diff"] == 0.0 and r["n"] == 3 for r in same)
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    first = next(r for r in saved["records"] if r["method"] == "protonet" and r["steps"] == 1)
+    first["accuracy"] += 0.3
+    (edited / "results.json").write_text(json.dumps(saved))
+    moved = {(r["method"], r["steps"]): r["mean_diff"] for r in across(str(edited), str(cell))}
+    assert moved.pop(("protonet", 1)) == pytest.approx(0.1) and set(moved.values()) == {0.0}
+    first["task_id"] = "another episode"
+    (edited / "results.json").write_text(json.dumps(saved))
+    with pytest.raises(RuntimeError, match=f"episode {first['episode']} differs"):
+        across(str(edited), str(cell))
+
 
 def test_rows_sources_and_targets():
     loo = example()

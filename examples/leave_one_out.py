@@ -136,8 +136,8 @@ def target_for(row: Row, n_way: int, k_shot: int, class_names: bool = False):
 
 def adapter_settings(args) -> dict:
     return dict(model_name=encoder_path(), quantization="nf4", compute_dtype=compute_dtype(args.compute_dtype),
-                lora_r=args.lora_r, target_modules=args.lora_targets, prompt_tokens=args.prompt_tokens, head="prototype",
-                head_metric="cosine", head_temperature=0.05,
+                lora_r=args.lora_r, target_modules=args.lora_targets, prompt_tokens=args.prompt_tokens,
+                head="prototype", head_metric="cosine", head_temperature=0.05,
                 inner_lr=args.inner_lr, support_temperature=args.support_temperature, seed=args.seed)
 
 

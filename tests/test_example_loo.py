@@ -1,4 +1,5 @@
 """The leave-one-data-set-out example: --quick end to end on the real encoder and data; rows and bad input."""
+import argparse
 import json
 import os
 import sys
@@ -108,7 +109,7 @@ def test_rows_sources_and_targets():
 
 def test_lora_rank_and_layers_reach_the_learners():
     loo = example()
-    args = loo.main.__globals__["argparse"].Namespace(
+    args = argparse.Namespace(
         train_queries=5, train_ways=5, train_shots=(1, 2), class_names="none", in_domain_weight=1.0, prompt_tokens=0,
         compute_dtype="auto", inner_lr=0.5, support_temperature=0.2, seed=0, lora_r=4,
         lora_targets=["query", "key", "value", "output.dense", "intermediate.dense"])

@@ -187,7 +187,7 @@ class NWayKShot:
             label_names=tuple(chosen),
             meta={"split": split, "dataset": self.name, "group": group, "n_way": n, "k_shot": k, "q_query": q,
                   "class_names": self._names is not None,
-                  "name_rows": sorted(int(np.flatnonzero(order == i)[0]) for i in names)},
+                  "name_rows": sorted(np.argsort(order)[names].tolist())},  # where the permutation put them
         )
 
     def _columns(self, pairs: list[tuple[str, int]], rng: np.random.Generator) -> tuple[dict, np.ndarray]:

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from metalearn import algorithms
-from metalearn.base import tiny_llama
+from metalearn.foundation import tiny_llama
 from metalearn.build import build_learner
-from metalearn.fit import make_config
+from metalearn.training import make_config
 from metalearn.learner import Episode, Learner
 
 LLAMA_ADAPTER = dict(lora_r=8, target_modules=["q_proj", "v_proj"])

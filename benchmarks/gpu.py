@@ -35,7 +35,7 @@ def build(shape: str, device: str, seq: int):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from metalearn.build import build_learner
-    from metalearn.fit import make_config
+    from metalearn.training import make_config
 
     cfg = LlamaConfig(**SHAPES[shape], max_position_embeddings=max(seq, 256), pad_token_id=0, bos_token_id=1,
                       eos_token_id=2, tie_word_embeddings=False)

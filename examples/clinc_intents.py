@@ -73,7 +73,7 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
 
 def compute_dtype(choice: str) -> str:
     """--compute-dtype: 'auto' is bfloat16 where this machine runs it natively (QLoRA's choice), else float32."""
-    from metalearn.base import fast_compute_dtype
+    from metalearn.foundation import fast_compute_dtype
 
     return fast_compute_dtype() if choice == "auto" else choice
 

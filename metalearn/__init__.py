@@ -11,10 +11,8 @@
 from __future__ import annotations
 
 import logging as _logging
-import sys as _sys
 from importlib import import_module as _import_module
 from importlib.util import find_spec as _find_spec
-from types import ModuleType as _ModuleType
 from typing import TYPE_CHECKING, Any
 
 from . import quiet
@@ -24,14 +22,14 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
     from . import tasks
     from .build import build_learner, load
     from .eval import evaluate
-    from .fit import fit, make_config
+    from .training import fit, make_config
     from .learner import AdaptedModel, Learner
 
 _logging.getLogger("metalearn").addHandler(_logging.NullHandler())
 quiet.install_log_filters()
 
 _LAZY = {"AdaptedModel": ".learner", "Learner": ".learner", "build_learner": ".build", "load": ".build",
-         "evaluate": ".eval", "make_config": ".fit"}
+         "evaluate": ".eval", "fit": ".training", "make_config": ".training"}
 
 __all__ = sorted(["AdaptedModel", "AdapterConfig", "BaseConfig", "InnerConfig", "Learner", "OuterConfig",
                   "RunConfig", "build_learner", "evaluate", "fit", "load", "make_config", "tasks"])
@@ -52,23 +50,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))  # private helpers (_sys, ...) are underscored
-
-
-class _Package(_ModuleType):
-    """``metalearn.fit`` stays the function once the submodule ``metalearn.fit`` is imported.
-
-    Importing a submodule binds it as an attribute of its package, which would hide the function of the
-    same name (the eager ``from .fit import fit`` of old rebound it afterwards). A property wins over that.
-    """
-
-    @property
-    def fit(self):
-        return self.__dict__.get("_fit") or _import_module(".fit", __name__).fit
-
-    @fit.setter
-    def fit(self, value) -> None:
-        if not (isinstance(value, _ModuleType) and value.__name__ == f"{__name__}.fit"):
-            self.__dict__["_fit"] = value  # e.g. a test's monkeypatch; the submodule binding is ignored
-
-
-_sys.modules[__name__].__class__ = _Package

@@ -23,13 +23,12 @@ from torch import nn
 
 from .config import AdapterConfig
 from .quiet import PEFT_WRAP, ignoring
+from .saved import PREFIX_SUBFOLDER, PROMPT_SUBFOLDER
 from .types import Params
 
 log = logging.getLogger("metalearn")
 
 PEFT_TASK_TYPES = {"causal": "CAUSAL_LM", "encoder": "FEATURE_EXTRACTION", "seq2seq": "SEQ_2_SEQ_LM"}
-PROMPT_SUBFOLDER = "prompt"
-PREFIX_SUBFOLDER = "prefix"
 
 
 @dataclass

@@ -9,7 +9,7 @@ from torch import nn
 
 from . import adapters as adapters_mod
 from . import saved
-from .base import load_base, load_tokenizer
+from .foundation import load_base, load_tokenizer
 from .config import RunConfig
 from .learner import Learner
 from .model import TaskModel

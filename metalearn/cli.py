@@ -50,7 +50,7 @@ def build_model(spec: Any):
 
     ``"mlp"`` is the sinusoid MLP (1-40-40-1 by default; options ``hidden``, ``inputs``, ``outputs``,
     ``seed``); ``"tiny-llama"`` a randomly initialized Llama built from a config with a byte-level
-    tokenizer (options of ``metalearn.base.tiny_llama``). Both are rebuilt bit-for-bit from their seed.
+    tokenizer (options of ``metalearn.foundation.tiny_llama``). Both are rebuilt bit-for-bit from their seed.
     """
     import torch
     from torch import nn
@@ -70,7 +70,7 @@ def build_model(spec: Any):
             layers += [nn.Linear(a, b), nn.ReLU()]
         return nn.Sequential(*layers[:-1]), None
     if name == "tiny-llama":
-        from .base import tiny_llama
+        from .foundation import tiny_llama
 
         kwargs = {"vocab_size": 128, "hidden_size": 64, "layers": 2, "heads": 2, "seed": 0}
         _no_unknown(options, set(kwargs), "tiny-llama model")
@@ -148,7 +148,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     metalearn.make_config(special.get("config"), **overrides)  # validate every setting before any work
     learner = metalearn.fit(family, model=model, output_dir=output_dir, progress=not args.quiet, **special,
                             **overrides)
-    from .eval.report import atomic_write
+    from .files import atomic_write
 
     run = {"family": config["family"], "model": config["model"], "fit": config.get("fit") or {},
            "output_dir": output_dir}
@@ -260,7 +260,7 @@ def _factory(name: str, overrides: dict) -> Callable[[int], Any]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .eval.demo import run_demo
+    from .demo import run_demo
 
     run_demo(args.output_dir, quick=args.quick, seed=args.seed, llama=not args.skip_llama, progress=not args.quiet)
     return 0

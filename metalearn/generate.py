@@ -14,6 +14,8 @@ as in training (BOS + prompt; the end of an overlong prompt is kept).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -23,12 +25,17 @@ from .quiet import PEFT_POSITION_IDS, ignoring
 from .types import Params
 
 
-def greedy(model: TaskModel, adapted: Adapted, params: Params, prompts: list[str],
+def greedy(model: TaskModel, adapted: Optional[Adapted], params: Params, prompts: list[str],
            max_new_tokens: int = 32) -> list[str]:
-    """Greedy completions of ``prompts`` under ``params`` (no sampling: reproducible)."""
+    """Greedy completions of ``prompts`` under ``params`` (no sampling: reproducible).
+
+    ``params`` are written into ``adapted``'s adapter tensors first; ``adapted=None`` decodes with the
+    values ``model``'s modules already hold (a frozen base, or values written before).
+    """
     tok = model.tokenizer
     module = model.module
-    write_params(adapted, params)
+    if adapted is not None:
+        write_params(adapted, params)
     if model.model_type == "seq2seq":
         enc = tok(prompts, padding=True, truncation=True, max_length=model.max_length, return_tensors="pt")
         with torch.no_grad(), ignoring(PEFT_POSITION_IDS):

@@ -234,6 +234,10 @@ class Learner:
             fast, losses = self.inner_adapt(episode, steps, order="first", meta_gradient=False)
         return AdaptedModel(self, {n: t.detach() for n, t in fast.items()}, task.kind, losses)
 
+    def write_params(self, params: Params) -> None:
+        """Load ``params`` into the shared peft modules, which then compute with them (decoding, exports)."""
+        adapters_mod.write_params(self.adapted, params)
+
     def _default_kind(self) -> str:
         return {"module": "regression", "encoder": "classification"}.get(self.model.model_type, "generation")
 
@@ -261,11 +265,18 @@ class Learner:
                     "names": list(self.adapted.names), "format": saved.FORMAT, "checksums": saved.checksums(tmp)}
             with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
                 json.dump(meta, f, indent=2, default=str)
-            card.write(self, tmp, results)  # after the checksums: the card and eval/ are not verified on load
+            card.write(self._card_data(), tmp, results)  # after the checksums: the card and eval/ are not verified on load
             saved.publish(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def _card_data(self) -> card.CardData:
+        peft_model = self.adapted.lora if self.adapted.lora is not None else self.adapted.prompt
+        recorded = peft_model.peft_config["default"].base_model_name_or_path if peft_model is not None else None
+        return card.CardData(self.config, self.model.model_type, lora=self.adapted.lora is not None,
+                             prompt=self.adapted.prompt is not None, recorded_base=recorded, family=self.family,
+                             history=list(self.history))
 
     def push_to_hub(self, repo_id: str, *, results: Any = None, private: Optional[bool] = None,
                     token: Optional[str] = None, commit_message: str = "Upload meta-learned initialization") -> str:
@@ -316,7 +327,7 @@ class AdaptedModel:
 
     def as_module(self) -> nn.Module:
         """Load the adapted tensors into the shared peft module and return it (e.g. for ``.generate``)."""
-        adapters_mod.write_params(self.learner.adapted, self.params)
+        self.learner.write_params(self.params)
         return self.learner.adapted.module
 
 

@@ -16,9 +16,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .types import Batch
-
-IGNORE = -100
+from .types import IGNORE, Batch
 
 
 class TaskModel(nn.Module):

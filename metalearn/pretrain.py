@@ -153,7 +153,7 @@ def _rows(family: Any, tok, rng: np.random.Generator, n: int, codes: bool, copy_
 
 
 def _train(family: Any, config: PretrainConfig, path: str, progress: bool) -> dict:
-    from .base import byte_tokenizer, tiny_llama
+    from .foundation import byte_tokenizer, tiny_llama
     from .progress import bar, library_bars_only_when_live
 
     tok = byte_tokenizer()
@@ -236,7 +236,7 @@ def table_accuracy(path: str, family: Any, split: str, episodes: int, seed: int 
     """
     from transformers import AutoModelForCausalLM
 
-    from .base import load_tokenizer
+    from .foundation import load_tokenizer
 
     tok = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path).eval()

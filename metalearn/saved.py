@@ -29,7 +29,10 @@ STATE_FILE = "metalearn_state.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 FORMAT = 2  # 2: checksums in the sidecar
-ADAPTER_FOLDERS = ("", "prompt/", "prefix/")  # LoRA or a lone soft prompt/prefix; a soft prompt/prefix beside LoRA
+PROMPT_SUBFOLDER = "prompt"  # a soft prompt saved beside LoRA
+PREFIX_SUBFOLDER = "prefix"  # a prefix saved beside LoRA
+# LoRA or a lone soft prompt/prefix at the root; a soft prompt/prefix beside LoRA in its subfolder
+ADAPTER_FOLDERS = ("", f"{PROMPT_SUBFOLDER}/", f"{PREFIX_SUBFOLDER}/")
 KNOWN = (STATE_FILE,) + tuple(f"{sub}{name}" for sub in ADAPTER_FOLDERS for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS))
 
 

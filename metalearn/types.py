@@ -12,3 +12,5 @@ Batch = Mapping[str, torch.Tensor]
 """Model-ready tensors for one support or query set (input_ids, labels, x, y, ...)."""
 LossFn = Callable[[Params], torch.Tensor]
 """A task's loss as a function of the adaptable parameters only."""
+IGNORE = -100
+"""Label id of a token the loss skips (prompt and padding positions): the Hugging Face convention."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metalearn.base import tiny_llama
+from metalearn.foundation import tiny_llama
 from metalearn.tasks import Sinusoid, Task
 
 

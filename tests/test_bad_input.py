@@ -89,7 +89,7 @@ def test_bad_settings(tmp_path, key, value, match):
 
 
 def test_learned_head_with_wrong_number_of_classes():
-    from metalearn.fit import make_config
+    from metalearn.training import make_config
 
     with pytest.raises(ValueError, match="n_way"):
         make_config(head="learned")

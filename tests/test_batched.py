@@ -7,7 +7,7 @@ import torch
 
 from metalearn import algorithms
 from metalearn.build import build_learner
-from metalearn.fit import make_config
+from metalearn.training import make_config
 from metalearn.tasks import Task
 from tests.helpers import CopyFamily, mlp, saved_bytes_during, small_llama, sinusoid_task
 
@@ -89,7 +89,7 @@ def sentiment_tasks():
 
 
 def encoder_learner(model):
-    from metalearn.base import byte_tokenizer
+    from metalearn.foundation import byte_tokenizer
 
     config = make_config(method="maml", inner_steps=2, lora_r=2, init_lora_weights="gaussian", head="prototype",
                          model_type="encoder", attn_implementation="eager",
@@ -166,7 +166,7 @@ def test_batched_second_order_graph_is_at_most_meta_batch_times_the_loops():
 def test_batched_equals_loop_with_a_support_temperature():
     from transformers import LlamaModel
 
-    from metalearn.base import byte_tokenizer
+    from metalearn.foundation import byte_tokenizer
 
     config = make_config(method="maml", inner_steps=2, lora_r=2, init_lora_weights="gaussian", head="prototype",
                          head_metric="cosine", support_temperature=0.4, model_type="encoder",

@@ -6,9 +6,9 @@ import torch
 from benchmarks.common import GraphMemory
 from metalearn import algorithms
 from metalearn.attention_masks import vmappable_masks
-from metalearn.base import byte_tokenizer
+from metalearn.foundation import byte_tokenizer
 from metalearn.build import build_learner
-from metalearn.fit import make_config
+from metalearn.training import make_config
 from metalearn.tasks import Task
 from tests.helpers import CopyFamily, small_bert, small_llama
 from tests.test_batched import LLAMA, assert_same, both_ways, sentiment_tasks

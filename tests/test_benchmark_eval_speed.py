@@ -3,7 +3,7 @@ import logging
 import re
 
 from benchmarks import eval_speed
-from metalearn.base import native_bf16
+from metalearn.foundation import native_bf16
 
 
 def test_eval_speed_runs_every_variant_and_reuse_keeps_the_accuracies(capsys):

@@ -9,7 +9,7 @@ import torch
 import metalearn
 from metalearn import checkpoint
 from metalearn.config import OuterConfig
-from metalearn.outer import make_optimizer
+from metalearn.meta_optimizer import make_optimizer
 from tests.helpers import SinusoidFamily, mlp
 
 

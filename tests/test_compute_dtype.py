@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from metalearn import algorithms, base
+from metalearn import algorithms, foundation
 from metalearn.build import build_learner
-from metalearn.fit import make_config
+from metalearn.training import make_config
 from metalearn.quant import is_linear4bit, linear4bit_forward, transformable_4bit
 from tests.helpers import IntentFamily
 from tests.test_cpu_layout import bert64, twin_of
@@ -25,7 +25,7 @@ CONFIG = dict(method="maml", inner_steps=2, inner_lr=0.05, lora_r=4, target_modu
 
 def bf16_learner():
     return build_learner(make_config(quantization="nf4", compute_dtype="bfloat16", **CONFIG), bert64(),
-                         tokenizer=base.byte_tokenizer())
+                         tokenizer=foundation.byte_tokenizer())
 
 
 def test_bf16_nf4_layers_compute_what_bitsandbytes_computes_and_cache_bf16_weights():
@@ -61,10 +61,10 @@ def test_bf16_meta_gradient_is_the_fp32_twins_up_to_bf16_rounding():
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns_with_the_fix(monkeypatch, caplog):
-    monkeypatch.setattr(base, "native_bf16", lambda: False)
+    monkeypatch.setattr(foundation, "native_bf16", lambda: False)
     assert base.fast_compute_dtype() == "float32"
     with caplog.at_level(logging.WARNING, logger="metalearn"):
         bf16_learner()
     assert "compute_dtype='float32'" in caplog.text and "AVX512-BF16" in caplog.text
-    monkeypatch.setattr(base, "native_bf16", lambda: True)
+    monkeypatch.setattr(foundation, "native_bf16", lambda: True)
     assert base.fast_compute_dtype() == "bfloat16"

@@ -13,7 +13,7 @@ import torch
 
 import metalearn
 from metalearn.build import build_learner
-from metalearn.fit import make_config
+from metalearn.training import make_config
 from tests.helpers import SinusoidFamily, mlp, small_llama
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

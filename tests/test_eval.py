@@ -12,12 +12,13 @@ from torch import nn
 import metalearn
 from metalearn.build import build_learner
 from metalearn.eval import EvalResults, evaluate
-from metalearn.eval.evaluate import paired_differences, summarize
-from metalearn.eval.baselines import in_context_prompts, random_init
+from metalearn.eval.results import paired_differences, summarize
+from metalearn.eval.baselines import in_context_prompts
+from metalearn.views import random_init
 from metalearn.eval.adaptation import adapt
 from metalearn.eval.runner import split_episode
 from metalearn.eval.inputs import family_for_shots
-from metalearn.fit import make_config
+from metalearn.training import make_config
 from metalearn.learner import Learner
 from metalearn.tasks import Task
 from tests.helpers import CopyFamily, IntentFamily, SinusoidFamily, mlp, small_bert, small_llama
@@ -70,7 +71,7 @@ def test_lr_search_chooses_by_the_reported_metric_not_the_loss(monkeypatch):
     table = {0.3: (0.90, 0.40), 1.0: (0.95, 0.35), 3.0: (0.80, 0.20), 10.0: (1.0, float("nan"))}  # (accuracy, nll)
     monkeypatch.setattr(adaptation, "trajectories", lambda learner, episodes, counts, scale, batch, reuse: [
         {s: {"scale": scale} for s in counts} for _ in episodes])
-    monkeypatch.setattr(adaptation, "score_params", lambda model, adapted, fast, task, generate: {
+    monkeypatch.setattr(adaptation, "score_params", lambda learner, fast, task, generate: {
         "accuracy": table[fast["scale"]][0], "macro_f1": 0.0, "nll": table[fast["scale"]][1]})
     fake = type("FakeLearner", (), {"model": None, "adapted": None})()
     task = IntentFamily().sample("val", np.random.default_rng(0))
@@ -310,7 +311,7 @@ def test_bad_input_fails_before_any_adaptation(no_adaptation, kwargs, match):
 
 
 def test_in_context_on_an_encoder_is_refused(no_adaptation):
-    from metalearn.base import byte_tokenizer
+    from metalearn.foundation import byte_tokenizer
 
     learner = build_learner(make_config(method="fomaml", inner_steps=1, lora_r=2, target_modules=["query"],
                                         head="prototype"), small_bert(), tokenizer=byte_tokenizer())

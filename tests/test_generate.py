@@ -10,7 +10,7 @@ import torch
 
 from metalearn.adapters import write_params
 from metalearn.build import build_learner
-from metalearn.fit import make_config
+from metalearn.training import make_config
 from metalearn.generate import greedy
 from tests.helpers import small_gpt2
 

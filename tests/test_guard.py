@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from metalearn.base import byte_tokenizer
+from metalearn.foundation import byte_tokenizer
 from metalearn.build import build_learner
 from metalearn.eval import guard
-from metalearn.fit import make_config
+from metalearn.training import make_config
 from metalearn.tasks import NWayKShot
 from tests.helpers import CopyFamily, IntentFamily, small_bert, small_llama
 
@@ -112,7 +112,7 @@ def test_decide_never_reads_the_query_and_refuses_damaged_adapters():
 
 
 def test_combine_takes_each_episode_from_the_chosen_method():
-    from metalearn.eval.evaluate import EvalResults
+    from metalearn.eval.results import EvalResults
 
     records = [{"method": m, "shots": 5, "steps": 3, "episode": i, "task_id": f"t{i}", "accuracy": acc}
                for i in range(4) for m, acc in (("meta", 1.0), ("prototypes", 0.5))]

@@ -5,7 +5,7 @@ import pytest
 import transformers
 from huggingface_hub import constants
 
-from metalearn import base
+from metalearn import foundation
 
 
 class DeadSession:
@@ -44,7 +44,7 @@ def hub(monkeypatch):
     return state
 
 
-@pytest.mark.parametrize("load", [base._load_hf_config, base.load_tokenizer])
+@pytest.mark.parametrize("load", [foundation._load_hf_config, foundation.load_tokenizer])
 def test_unreachable_hub_fails_once_naming_a_local_folder_and_offline_mode(hub, load):
     with pytest.raises(ValueError, match="Hub .* is unreachable") as err:
         load("someone/some-model")
@@ -57,20 +57,20 @@ def test_unreachable_hub_fails_once_naming_a_local_folder_and_offline_mode(hub, 
 def test_unreachable_hub_says_when_the_model_is_cached(hub):
     hub["cached"].add("someone/cached-model")
     with pytest.raises(ValueError, match="it is in the local Hugging Face cache: set HF_HUB_OFFLINE=1"):
-        base._load_hf_config("someone/cached-model")
+        foundation._load_hf_config("someone/cached-model")
 
 
 def test_reachable_hub_and_offline_mode_load_as_usual(hub, monkeypatch):
     hub["session"] = LiveSession()
-    assert isinstance(base._load_hf_config("someone/some-model"), transformers.LlamaConfig)
+    assert isinstance(foundation._load_hf_config("someone/some-model"), transformers.LlamaConfig)
     assert hub["calls"] == [{}]
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # no probe at all: transformers reads the cache
     hub["session"] = DeadSession()
     with pytest.raises(ValueError, match="HF_HUB_OFFLINE is set"):
-        base._load_hf_config("someone/some-model")
+        foundation._load_hf_config("someone/some-model")
     assert hub["session"].calls == 0
 
 
 def test_local_folders_never_touch_the_network(hub, tmp_path):
-    assert isinstance(base._load_hf_config(str(tmp_path)), transformers.LlamaConfig)
+    assert isinstance(foundation._load_hf_config(str(tmp_path)), transformers.LlamaConfig)
     assert hub["session"].calls == 0 and hub["calls"] == [{}]

@@ -10,7 +10,7 @@ import metalearn
 from metalearn import algorithms
 from metalearn.adapters import load_adapters
 from metalearn.build import build_learner
-from metalearn.fit import make_config
+from metalearn.training import make_config
 from metalearn.model import TaskModel
 from tests.helpers import CopyFamily, SinusoidFamily, mlp, small_llama, sinusoid_task
 
@@ -128,7 +128,7 @@ def test_adapt_predicts_and_generates():
 
 
 def test_protonet_trains_the_encoder_adapters_with_a_prototypical_loss():
-    from metalearn.base import byte_tokenizer
+    from metalearn.foundation import byte_tokenizer
     from tests.helpers import IntentFamily, small_bert
 
     family = IntentFamily()
@@ -157,7 +157,7 @@ def test_support_temperature_gives_the_one_shot_inner_loop_a_loss():
     support loss (all-MiniLM-L6-v2: < 1e-4), so the inner loop is idle. A support temperature sets the inner loss only."""
     import torch.nn.functional as F
 
-    from metalearn.base import byte_tokenizer
+    from metalearn.foundation import byte_tokenizer
     from metalearn.functional import outputs
     from metalearn.tasks import Task
     from tests.helpers import small_bert

@@ -6,7 +6,7 @@ import torch
 from benchmarks.common import GraphMemory
 from metalearn import algorithms
 from metalearn.build import build_learner
-from metalearn.fit import make_config
+from metalearn.training import make_config
 from tests.helpers import CopyFamily, small_llama
 
 ADAPTER = dict(lora_r=2, target_modules=["q_proj", "v_proj"], init_lora_weights="gaussian")

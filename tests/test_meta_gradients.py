@@ -6,7 +6,7 @@ import torch
 import metalearn
 from metalearn import algorithms
 from metalearn.build import build_learner
-from metalearn.fit import make_config
+from metalearn.training import make_config
 from tests.helpers import (CopyFamily, Quadratic, dequantized_copy, mlp, saved_bytes_during, small_gpt2, small_llama,
                            sinusoid_task)
 
@@ -197,7 +197,7 @@ def test_adam_inner_loop_has_no_nan_at_zero_gradients():
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_protomaml_meta_gradient_matches_finite_differences(metric):
-    from metalearn.base import byte_tokenizer
+    from metalearn.foundation import byte_tokenizer
     from tests.helpers import IntentFamily, small_bert
 
     config = make_config(method="maml", inner_steps=2, inner_lr=0.05, lora_r=2, target_modules=["query", "value"],
@@ -210,7 +210,7 @@ def test_protomaml_meta_gradient_matches_finite_differences(metric):
 
 
 def test_first_order_protomaml_runs_and_reaches_the_prototype_path():
-    from metalearn.base import byte_tokenizer
+    from metalearn.foundation import byte_tokenizer
     from tests.helpers import IntentFamily, small_bert
 
     config = make_config(method="fomaml", inner_steps=2, lora_r=2, target_modules=["query"], head="prototype",
@@ -224,7 +224,7 @@ def test_first_order_protomaml_runs_and_reaches_the_prototype_path():
 
 def test_inner_step_treats_the_prototype_head_as_an_independent_tensor():
     """The inner gradient of LoRA is the partial derivative with the head held fixed (not through the prototypes)."""
-    from metalearn.base import byte_tokenizer
+    from metalearn.foundation import byte_tokenizer
     from metalearn.functional import prototype_head, task_loss
     from tests.helpers import IntentFamily, small_bert
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from metalearn import algorithms
 from metalearn.build import build_learner
-from metalearn.fit import make_config
+from metalearn.training import make_config
 from tests.helpers import CopyFamily, dequantized_copy, small_gpt2
 from tests.test_meta_gradients import directional_fd
 
@@ -90,7 +90,7 @@ def test_prefix_meta_gradient_matches_finite_differences(extra):
 
 
 def test_prefix_meta_gradient_on_an_encoder_matches_finite_differences():
-    from metalearn.base import byte_tokenizer
+    from metalearn.foundation import byte_tokenizer
     from tests.helpers import IntentFamily, small_bert
 
     config = make_config(method="maml", inner_steps=2, inner_lr=0.05, lora_r=2, target_modules=["query", "value"],
@@ -150,7 +150,7 @@ def test_prefix_batched_equals_loop_on_llama(quantization, order):
 def test_prefix_batched_equals_loop_on_an_encoder_with_a_prototype_head():
     from transformers import LlamaModel
 
-    from metalearn.base import byte_tokenizer
+    from metalearn.foundation import byte_tokenizer
     from tests.helpers import small_llama
     from tests.test_batched import assert_same, both_ways, sentiment_tasks
 
@@ -234,7 +234,7 @@ def test_a_soft_prompt_and_a_prefix_together_raise_naming_the_alternative():
 
 def test_random_init_baseline_redraws_the_prefix_and_its_mlp():
     from metalearn.adapters import adaptable_params, write_params
-    from metalearn.eval.baselines import random_init
+    from metalearn.views import random_init
     from tests.helpers import small_llama
 
     learner = build_learner(make_config(**LLAMA, lora=False, prefix_projection=True), small_llama())

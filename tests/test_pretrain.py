@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from metalearn.base import byte_tokenizer
+from metalearn.foundation import byte_tokenizer
 from metalearn.pretrain import PretrainConfig, _rows, code_alphabet, pretrained_base, table_code
 from metalearn.tasks import load
 

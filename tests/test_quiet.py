@@ -98,7 +98,7 @@ def test_a_quantized_prompt_run_prints_nothing_but_progress(tmp_path):
     """A fresh process (fresh warning registry): NF4 base, LoRA + soft prompt, fit, save, reload, generate."""
     script = f"""
 import numpy as np, metalearn
-from metalearn.base import tiny_llama
+from metalearn.foundation import tiny_llama
 from metalearn.tasks import TextRules
 family = TextRules(k_shot=2, q_query=2)
 base = lambda: tiny_llama(vocab_size=128, hidden_size=64, layers=1, heads=2)

@@ -119,7 +119,7 @@ def test_checkpoint_without_output_dir_is_refused():
 
 def test_damaged_checkpoint_and_adapter_files_fail_clearly(tmp_path):
     from metalearn.build import build_learner
-    from metalearn.fit import make_config
+    from metalearn.training import make_config
     from tests.helpers import small_llama
 
     bad = tmp_path / "checkpoint.safetensors"

@@ -51,7 +51,7 @@ def test_resumed_run_continues_the_tensorboard_curve(tmp_path):
 
 
 def test_a_failed_run_still_leaves_readable_events(tmp_path, monkeypatch):
-    fit_module = sys.modules["metalearn.fit"]
+    fit_module = sys.modules["metalearn.training"]
     real = fit_module.meta_step
 
     def failing(learner, family, rng, optimizer, scheduler, step, ckpt_path=None):
@@ -104,7 +104,7 @@ def test_unknown_or_missing_tracker_fails_before_any_work(tmp_path, monkeypatch)
     real_find_spec = tracking.importlib.util.find_spec
     monkeypatch.setattr(tracking.importlib.util, "find_spec",
                         lambda name, *a: None if name == "mlflow" else real_find_spec(name, *a))
-    fit_module = sys.modules["metalearn.fit"]
+    fit_module = sys.modules["metalearn.training"]
     monkeypatch.setattr(fit_module, "build_learner", lambda *a, **k: pytest.fail("work started"))
     out = tmp_path / "run"
     with pytest.raises(ValueError, match=r"'mlflow' is not installed; pip install \"metalearn\[mlflow\]\""):

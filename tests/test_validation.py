@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 import metalearn
 from metalearn.build import build_learner
 from metalearn.config import RunConfig
-from metalearn.fit import make_config
+from metalearn.training import make_config
 from metalearn.tasks import NWayKShot, load
 from tests.helpers import SinusoidFamily, mlp, small_llama
 

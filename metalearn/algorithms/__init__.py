@@ -10,7 +10,7 @@ import torch
 
 from ..quant import transformable_4bit
 from . import batched, maml, multitask, reptile
-from .base import TaskGradient, grads_for
+from .interface import TaskGradient, grads_for
 
 log = logging.getLogger("metalearn")
 

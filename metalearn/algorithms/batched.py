@@ -26,7 +26,7 @@ import torch
 from ..inner.batched import stack_batches
 from ..learner import Episode, Learner
 from ..types import Batch, Grads, Params
-from .base import TaskGradient
+from .interface import TaskGradient
 
 METHODS = ("maml", "fomaml", "metasgd", "anil", "reptile")
 

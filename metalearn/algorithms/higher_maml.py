@@ -10,7 +10,7 @@ from torch import nn
 
 from ..adapters import write_params
 from ..learner import Episode, Learner
-from .base import TaskGradient
+from .interface import TaskGradient
 
 
 def check_higher_model(model: nn.Module) -> None:

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from ..learner import Episode, Learner
-from .base import TaskGradient, grads_for
+from .interface import TaskGradient, grads_for
 
 
 def task_gradient(learner: Learner, episode: Episode, on_loss=None) -> TaskGradient:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..learner import Episode, Learner
-from .base import TaskGradient
+from .interface import TaskGradient
 
 
 def task_gradient(learner: Learner, episode: Episode, on_loss=None) -> TaskGradient:

@@ -6,8 +6,9 @@
 """
 from . import baselines, guard, metrics, report
 from .baselines import BASELINES
-from .evaluate import DEFAULT_EPISODES, DEFAULT_LR_GRID, DEFAULT_STEPS, EvalResults, evaluate
+from .evaluate import DEFAULT_EPISODES, DEFAULT_LR_GRID, DEFAULT_STEPS, evaluate
 from .inputs import family_for_shots, sample_tasks
+from .results import EvalResults
 
 __all__ = sorted(["BASELINES", "DEFAULT_EPISODES", "DEFAULT_LR_GRID", "DEFAULT_STEPS", "EvalResults", "baselines",
-                  "evaluate", "family_for_shots", "metrics", "report", "sample_tasks"])
+                  "evaluate", "family_for_shots", "guard", "metrics", "report", "sample_tasks"])

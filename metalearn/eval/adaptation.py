@@ -16,7 +16,6 @@ metric the harness reports.
 """
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, Sequence
 
@@ -27,6 +26,7 @@ from ..inner.batched import stack_batches
 from ..learner import Episode, Learner
 from ..tasks.task import Task
 from ..types import Params
+from ..views import scaled
 from . import metrics
 from .score import score_params
 from .workers import forked_map
@@ -35,14 +35,6 @@ __all__ = ["adapt", "trajectories", "trajectory", "tune"]
 
 Snapshots = dict[int, Params]
 """Detached parameters after each requested number of inner steps."""
-
-
-def scaled(learner: Learner, scale: float) -> Learner:
-    """A shallow view of ``learner`` with a detached init and step sizes times ``scale`` (the learner is untouched)."""
-    view = copy.copy(learner)
-    view.init = {n: t.detach().requires_grad_(True) for n, t in learner.init.items()}
-    view.step_sizes = {n: t.detach() * scale for n, t in learner.step_sizes.items()}
-    return view
 
 
 def adapt(learner: Learner, episode: Episode, steps: int, scale: float = 1.0) -> tuple[Params, list[float]]:
@@ -124,7 +116,7 @@ def tune(learner: Learner, episodes: Sequence[tuple[Task, Episode]], counts: Seq
         for run in ([list(counts)] if reuse else [[s] for s in counts]):
             def scored(chunk: list, run: list[int] = run, scale: float = scale) -> list[list[dict]]:
                 snapshots = trajectories(learner, [support for _, support in chunk], run, scale, episode_batch, reuse)
-                return [[score_params(learner.model, learner.adapted, snap[s], task, generate=False) for s in run]
+                return [[score_params(learner, snap[s], task, generate=False) for s in run]
                         for snap, (task, _) in zip(snapshots, chunk)]
 
             per_episode = [scores for part in forked_map(scored, chunks, workers) for scores in part]

@@ -8,8 +8,8 @@
 * ``prototypes``: cosine nearest-prototype on L2-normalized frozen features (encoders only).
 * ``linear_probe``: logistic regression (scikit-learn) fit on the frozen support features (encoders only).
 * ``random_init``: a fresh peft init (LoRA ``B = 0`` and a random ``A``, a random soft prompt, or a
-  freshly initialized plain module) fine-tuned on the support set with the same inner loop, steps and
-  learning-rate search as every other method.
+  freshly initialized plain module; ``metalearn.views.random_init``) fine-tuned on the support set with the
+  same inner loop, steps and learning-rate search as every other method.
 
 The multi-task baseline is a Learner like any other: ``metalearn.fit(family, model, method="multitask")``.
 Only ``random_init`` adapts; the others ignore the step count. Each baseline sees the support set
@@ -17,23 +17,19 @@ only; the query set is used for scoring alone.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..adapters import adaptable_params, init_prompt_from_text, write_params
-from ..config import RunConfig
 from ..functional import head_logits, prototypes
 from ..learner import Learner
 from ..model import TaskModel
 from ..tasks.task import Task
+from ..views import frozen_base
 from . import metrics
 
-__all__ = ["ADAPTING", "BASELINES", "FEATURE_BASELINES", "check_baseline", "feature_scores", "frozen_base",
-           "frozen_scores", "in_context_prompts", "random_init"]
+__all__ = ["ADAPTING", "BASELINES", "FEATURE_BASELINES", "check_baseline", "feature_scores", "frozen_scores",
+           "in_context_prompts"]
 
 BASELINES = ("in_context", "linear_probe", "prototypes", "random_init", "zero_shot")
 ADAPTING = ("random_init",)
@@ -63,79 +59,7 @@ def check_baseline(name: str, model_type: str, kind: str) -> None:
         raise ValueError(f"baseline {name!r} needs a generation family (prompt/completion), not {kind!r}; drop it")
 
 
-# ---------------------------------------------------------------- random init
-
-
-def random_init(learner: Learner, seed: int = 0) -> Learner:
-    """A Learner over the same frozen base and adapters, with a fresh peft init and plain SGD step sizes.
-
-    Nothing is copied or re-attached: the adapter modules are re-initialized in place as peft would
-    (LoRA ``reset_lora_parameters``, a new soft-prompt or prefix encoder, ``reset_parameters`` of a plain
-    module), the values are read out as the new init, and the module's previous values are put back.
-    The inner loop is plain first-order fine-tuning of every adaptable tensor at ``config.inner.lr``
-    (no learned step sizes, no ANIL subset), so only the learning-rate search tunes it.
-    """
-    adapted = learner.adapted
-    saved = {n: t.detach().clone() for n, t in adaptable_params(adapted).items()}
-    data = learner.config.to_dict()
-    data["outer"]["method"] = "fomaml"
-    data["inner"].update(learn_step_sizes=False, per_step=False, order="first", truncate=None, trainable=None,
-                         steps=max(1, data["inner"]["steps"]))
-    config = RunConfig.from_dict(data)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            _reinitialize(learner)
-            fresh = Learner(learner.model, adapted, config)
-    finally:
-        write_params(adapted, saved)
-    fresh.init = {n: t.detach().clone().requires_grad_(True) for n, t in fresh.init.items()}
-    return fresh
-
-
-def _reinitialize(learner: Learner) -> None:
-    """Re-draw the adapter tensors in place, the way peft (or torch) first initialized them."""
-    adapted, cfg = learner.adapted, learner.config.adapter
-    with torch.no_grad():
-        if adapted.lora is None and adapted.soft is None:
-            for module in adapted.module.modules():
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
-            return
-        if adapted.lora is not None:
-            init = cfg.init_lora_weights
-            if not (init is True or (isinstance(init, str) and init.lower() == "gaussian")):
-                raise ValueError(f"baseline 'random_init' re-draws LoRA weights, which works for "
-                                 f"init_lora_weights=True or 'gaussian', not {init!r} (that init depends on or "
-                                 "changes the base weights); drop 'random_init' or meta-learn from a plain LoRA init")
-            from peft.tuners.lora.layer import LoraLayer
-
-            for module in adapted.lora.modules():
-                if isinstance(module, LoraLayer):
-                    for name in module.lora_A:
-                        module.reset_lora_parameters(name, init)
-        if adapted.prompt is not None:
-            encoder = adapted.prompt.prompt_encoder["default"]
-            encoder.embedding.reset_parameters()
-            if cfg.prompt_init_text:
-                init_prompt_from_text(adapted.prompt, cfg.prompt_init_text, learner.model.tokenizer)
-        if adapted.prefix is not None:  # the prefix (and its MLP) drawn by a new peft PrefixEncoder
-            encoder = adapted.prefix.prompt_encoder["default"]
-            encoder.load_state_dict(type(encoder)(adapted.prefix.peft_config["default"]).state_dict())
-
-
-# ---------------------------------------------------------------- the frozen base
-
-
-@contextlib.contextmanager
-def frozen_base(learner: Learner) -> Iterator[TaskModel]:
-    """A TaskModel over the learner's base with the soft prompt or prefix and LoRA switched off (nothing copied)."""
-    adapted, model = learner.adapted, learner.model
-    module = adapted.soft.base_model if adapted.soft is not None else adapted.module
-    frozen = TaskModel(module, model.model_type, model.tokenizer, 0, model.max_length,
-                       getattr(model, "head_metric", "euclidean"), getattr(model, "head_temperature", 0.05))
-    with adapted.lora.disable_adapter() if adapted.lora is not None else contextlib.nullcontext():
-        yield frozen
+# ---------------------------------------------------------------- frozen-base baselines
 
 
 def in_context_prompts(support: dict, prompts: list[str], tokenizer, budget: int) -> list[str]:
@@ -164,7 +88,7 @@ def frozen_scores(name: str, learner: Learner, task: Task, *, generate: bool = T
         prompts = list(task.query["prompt"])
         if name == "in_context":
             prompts = in_context_prompts(task.support, prompts, frozen.tokenizer, frozen.max_length - max_new_tokens)
-        return score_generation(frozen, None, {}, task, prompts=prompts, generate=generate,
+        return score_generation(frozen, task, prompts=prompts, generate=generate,
                                 max_new_tokens=max_new_tokens)
 
 

@@ -20,7 +20,7 @@ from ..functional import head_logits, outputs, prototypes
 from ..model import TaskModel
 from ..tasks.task import Task
 from ..types import Params
-from .score import classification_scores
+from .metrics import classification_scores
 
 __all__ = ["FeatureCache", "pooled", "step0_scores"]
 
@@ -28,7 +28,7 @@ __all__ = ["FeatureCache", "pooled", "step0_scores"]
 class FeatureCache:
     """Pooled features (hidden,) of texts under ``model`` with ``params``, each text encoded once.
 
-    ``context`` (optional) is entered around every encoding, e.g. ``baselines.frozen_base`` switching
+    ``context`` (optional) is entered around every encoding, e.g. ``views.frozen_base`` switching
     the adapters off.
 
     Example:

@@ -24,7 +24,6 @@ tasks being decided into one verdict for the family (all adapt, none adapt, or e
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from typing import Any, Optional, Sequence
@@ -33,15 +32,18 @@ import numpy as np
 import torch
 
 from ..learner import Learner
+from ..views import evaluation_mode, scaled
 from ..tasks.task import Task
 from . import baselines as bl
-from .evaluate import EvalResults, _evaluation_mode, adapt, evaluate, paired_differences, summarize
+from .adaptation import adapt
+from .evaluate import evaluate
 from .metrics import HIGHER_IS_BETTER, mean_ci
+from .results import EvalResults, paired_differences, summarize
 from .score import score_params
 from .workers import check_workers, forked_map
 
 __all__ = ["ValidationView", "check_held_out", "choose", "combine", "decide", "decide_gated", "decide_tasks",
-           "scaled", "support_folds"]
+           "support_folds"]
 
 
 class ValidationView:
@@ -115,13 +117,6 @@ def check_held_out(train_family: Any, target_family: Any, split: str = "test") -
 # ---------------------------------------------------------------- per task, from the support set alone
 
 
-def scaled(learner: Learner, scale: float) -> Learner:
-    """A view of ``learner`` whose inner step sizes are multiplied by ``scale`` (nothing is copied or changed)."""
-    view = copy.copy(learner)
-    view.step_sizes = {n: t.detach() * scale for n, t in learner.step_sizes.items()}
-    return view
-
-
 def support_folds(task: Task, folds: Optional[int] = None) -> list[Task]:
     """Pseudo-tasks from ``task``'s support set alone: fold j holds out the j-th support example of every class.
 
@@ -174,7 +169,7 @@ def decide(learner: Learner, task: Task, *, steps: int, scale: float = 1.0, foun
     for pseudo in support_folds(task, folds):
         episode = learner.episode(dataclasses.replace(pseudo, query=pseudo.support))  # adaptation sees the rest only
         fast, _ = adapt(learner, episode, steps, scale)
-        meta.append(score_params(learner.model, learner.adapted, fast, pseudo, generate=False))
+        meta.append(score_params(learner, fast, pseudo, generate=False))
         base.append(bl.frozen_scores(foundation, learner, pseudo, generate=False))
     acc = {w: float(np.mean([r["accuracy"] for r in rows])) for w, rows in (("meta", meta), ("foundation", base))}
     nll = {w: float(np.mean([r.get("nll", math.nan) for r in rows])) for w, rows in (("meta", meta), ("foundation", base))}
@@ -190,7 +185,7 @@ def decide_tasks(learner: Learner, tasks: Sequence[Task], workers: int = 1, **kw
     ``workers`` forked processes share the tasks (``workers.forked_map``; the same decisions).
     """
     check_workers(workers)
-    with _evaluation_mode([learner.adapted.module], [learner.adapted]):
+    with evaluation_mode([learner]):
         return list(forked_map(lambda task: decide(learner, task, **kwargs), list(tasks), workers))
 
 

@@ -11,9 +11,11 @@ import math
 from typing import Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-__all__ = ["HIGHER_IS_BETTER", "PRIMARY", "accuracy", "bleu", "exact_match", "macro_f1", "mean_ci", "mse",
-           "normalize", "paired_ci", "rouge", "rouge_chars"]
+__all__ = ["HIGHER_IS_BETTER", "PRIMARY", "accuracy", "bleu", "classification_scores", "exact_match", "macro_f1",
+           "mean_ci", "mse", "normalize", "paired_ci", "rouge", "rouge_chars"]
 
 HIGHER_IS_BETTER = {"accuracy": True, "bleu": True, "exact_match": True, "macro_f1": True, "mse": False,
                     "nll": False, "rouge1": True, "rouge2": True, "rougeL": True, "rougeL_char": True}
@@ -130,3 +132,12 @@ def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
 def _check_pairs(predictions: Sequence[str], references: Sequence[str]) -> None:
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references; give one per reference")
+
+
+def classification_scores(lg: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
+    """Accuracy, macro-F1 and NLL of logits (n_query, n_way) against the true labels (n_query,)."""
+    lg = lg.float()
+    pred = lg.argmax(-1).cpu().numpy()
+    return {"accuracy": accuracy(pred, true.cpu().numpy()),
+            "macro_f1": macro_f1(pred, true.cpu().numpy(), lg.shape[-1]),
+            "nll": float(F.cross_entropy(lg, true))}

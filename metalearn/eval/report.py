@@ -10,17 +10,28 @@ import io
 import json
 import math
 import os
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+from typing import Any, Optional, Protocol, Sequence, Union
 
 from ..files import atomic_write
 from . import metrics
 
-if TYPE_CHECKING:
-    from .evaluate import EvalResults
-
-__all__ = ["atomic_write", "markdown", "pick_metric", "plot_shots", "plot_steps", "plot_training", "write_all"]
+__all__ = ["Results", "markdown", "pick_metric", "plot_shots", "plot_steps", "plot_training", "write_all"]
 
 KEYS = ("method", "shots", "steps", "episode", "task_id")
+
+
+class Results(Protocol):
+    """What a report reads of ``metalearn.eval.EvalResults`` (which imports this module, not the reverse)."""
+
+    records: list[dict]
+    summary: list[dict]
+    paired: list[dict]
+    tuning: list[dict]
+    settings: dict
+    histories: dict[str, list[dict]]
+
+    @property
+    def methods(self) -> list[str]: ...
 
 
 # ---------------------------------------------------------------- markdown
@@ -40,7 +51,7 @@ def _steps_header(steps: list[int]) -> str:
     return "| method | " + " | ".join(f"{s} step{'s' if s != 1 else ''}" for s in steps) + " |"
 
 
-def markdown(results: "EvalResults", metric: Union[str, Sequence[str], None] = None) -> str:
+def markdown(results: Results, metric: Union[str, Sequence[str], None] = None) -> str:
     """Per shot count: each of ``metric`` (default: the primary one) by method x steps with paired differences,
     then all metrics after the last step count."""
     st = results.settings
@@ -70,7 +81,7 @@ def markdown(results: "EvalResults", metric: Union[str, Sequence[str], None] = N
     return "\n".join(lines)
 
 
-def _metric_tables(results: "EvalResults", summary: dict, metric: str, shots: Any, k: str) -> list[str]:
+def _metric_tables(results: Results, summary: dict, metric: str, shots: Any, k: str) -> list[str]:
     st = results.settings
     steps = st["steps"]
     higher = metrics.HIGHER_IS_BETTER.get(metric, True)
@@ -108,7 +119,7 @@ def _metric_tables(results: "EvalResults", summary: dict, metric: str, shots: An
 # ---------------------------------------------------------------- files
 
 
-def pick_metric(results: "EvalResults", metric: Optional[str] = None) -> str:
+def pick_metric(results: Results, metric: Optional[str] = None) -> str:
     """``metric``, else the kind's primary metric if it was measured, else the first metric measured."""
     if metric:
         return metric
@@ -141,7 +152,7 @@ def _csv(rows: list[dict], first: tuple[str, ...]) -> str:
     return buf.getvalue()
 
 
-def write_all(results: "EvalResults", output_dir: str) -> dict[str, str]:
+def write_all(results: Results, output_dir: str) -> dict[str, str]:
     """results.json, summary.csv, paired.csv, episodes.csv, results.md and PNG plots; returns {name: path}."""
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(f"output_dir={output_dir!r} is a file; give a folder path")
@@ -188,7 +199,7 @@ def _save(fig, path: str) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def _series(results: "EvalResults", metric: str, method: str, shots: Any, along: str, fixed: dict):
+def _series(results: Results, metric: str, method: str, shots: Any, along: str, fixed: dict):
     rows = [r for r in results.summary if r["method"] == method and r["metric"] == metric
             and all(r[k] == v for k, v in fixed.items()) and (along == "shots" or r["shots"] == shots)]
     rows.sort(key=lambda r: r[along])
@@ -196,7 +207,7 @@ def _series(results: "EvalResults", metric: str, method: str, shots: Any, along:
                                                                  else r["ci95"] for r in rows]
 
 
-def plot_steps(results: "EvalResults", path: str, metric: Optional[str] = None) -> None:
+def plot_steps(results: Results, path: str, metric: Optional[str] = None) -> None:
     """``metric`` vs inner steps, one line per method with its 95% band, one panel per shot count."""
     plt = _pyplot()
     metric = pick_metric(results, metric)
@@ -221,7 +232,7 @@ def plot_steps(results: "EvalResults", path: str, metric: Optional[str] = None) 
     _save(fig, path)
 
 
-def plot_shots(results: "EvalResults", path: str, metric: Optional[str] = None) -> None:
+def plot_shots(results: Results, path: str, metric: Optional[str] = None) -> None:
     """``metric`` vs shots after the largest step count, one line per method."""
     plt = _pyplot()
     metric = pick_metric(results, metric)

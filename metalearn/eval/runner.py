@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ..learner import Episode, Learner
+from ..views import frozen_base
 from ..tasks.task import Task
 from . import baselines as bl
 from .adaptation import trajectories, tune
@@ -85,7 +86,7 @@ class Run:
                     task = tests[i]
                     budget = self.max_new_tokens or _budget(learner, task)
                     for s in group:
-                        scores = score_params(learner.model, learner.adapted, snap[s], task, generate=self.generate,
+                        scores = score_params(learner, snap[s], task, generate=self.generate,
                                               max_new_tokens=budget, by_length=BY_LENGTH if self.reuse else None)
                         out.append(((s, i), _record(name, shots, s, i, task, scores)))
                 return out
@@ -120,8 +121,8 @@ class Run:
         key = ("frozen", id(learner.model)) if frozen else ("method", name)
         if key not in self.caches:
             if frozen:
-                with bl.frozen_base(learner) as model:  # a TaskModel over the base, adapters switched off
-                    self.caches[key] = FeatureCache(model, {}, context=lambda: bl.frozen_base(learner))
+                with frozen_base(learner) as model:  # a TaskModel over the base, adapters switched off
+                    self.caches[key] = FeatureCache(model, {}, context=lambda: frozen_base(learner))
             else:
                 self.caches[key] = FeatureCache(learner.model, learner.init)
         return self.caches[key]

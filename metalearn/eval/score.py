@@ -8,19 +8,19 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
-from ..adapters import Adapted, write_params
 from ..functional import head_logits, logits, outputs
+from ..learner import Learner
 from ..model import TaskModel
 from ..tasks.task import Task
 from ..types import Params
 from . import metrics
+from .metrics import classification_scores
 
-__all__ = ["classification_scores", "decode_budget", "score_generation", "score_params", "stop_at_newline"]
+__all__ = ["decode_budget", "score_generation", "score_params", "stop_at_newline"]
 
 
-def score_params(model: TaskModel, adapted: Adapted, params: Params, task: Task, *, generate: bool = True,
+def score_params(learner: Learner, params: Params, task: Task, *, generate: bool = True,
                  max_new_tokens: int = 32, by_length: Optional[int] = None) -> dict[str, float]:
     """Metrics of adapted ``params`` on ``task.query``: MSE; accuracy/macro-F1/NLL; or NLL/EM/ROUGE/BLEU.
 
@@ -28,7 +28,7 @@ def score_params(model: TaskModel, adapted: Adapted, params: Params, task: Task,
     similar length (``features.pooled``) instead of one padded batch: less padding, the same numbers up
     to floating-point rounding.
     """
-    query = task.query
+    query, model = task.query, learner.model
     with torch.no_grad():
         if task.kind == "regression":
             batch = model.encode(query, "regression")
@@ -42,30 +42,20 @@ def score_params(model: TaskModel, adapted: Adapted, params: Params, task: Task,
                 return classification_scores(head_logits(model, params, feats), labels)
             batch = model.encode(query, "classification")
             return classification_scores(logits(model, params, batch), batch["label"])
-    return score_generation(model, adapted, params, task, generate=generate, max_new_tokens=max_new_tokens)
+    learner.write_params(params)
+    return score_generation(model, task, generate=generate, max_new_tokens=max_new_tokens)
 
 
-def classification_scores(lg: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
-    """Accuracy, macro-F1 and NLL of logits (n_query, n_way) against the true labels (n_query,)."""
-    lg = lg.float()
-    pred = lg.argmax(-1).cpu().numpy()
-    return {"accuracy": metrics.accuracy(pred, true.cpu().numpy()),
-            "macro_f1": metrics.macro_f1(pred, true.cpu().numpy(), lg.shape[-1]),
-            "nll": float(F.cross_entropy(lg, true))}
-
-
-def score_generation(model: TaskModel, adapted: Optional[Adapted], params: Params, task: Task, *,
-                     prompts: Optional[list[str]] = None, generate: bool = True,
+def score_generation(model: TaskModel, task: Task, *, prompts: Optional[list[str]] = None, generate: bool = True,
                      max_new_tokens: int = 32) -> dict[str, float]:
     """NLL of the reference completions, greedy-decoding metrics, and label accuracy for verbalized tasks.
 
-    ``prompts`` replaces the query prompts (the in-context baseline puts the support set in front);
-    ``params`` are written into ``adapted``'s adapter tensors first (nothing to write for a frozen model).
+    ``model`` scores with the adapter values its modules hold (``Learner.write_params`` puts adapted ones
+    there; a frozen base holds none); ``prompts`` replaces the query prompts (the in-context baseline puts
+    the support set in front).
     """
     prompts = list(task.query["prompt"]) if prompts is None else prompts
     refs = list(task.query["completion"])
-    if adapted is not None:
-        write_params(adapted, params)
     out: dict[str, float] = {}
     with torch.no_grad():
         out["nll"] = float(model.sequence_nll(model.encode_generation(prompts, refs)).float().mean())
@@ -77,8 +67,7 @@ def score_generation(model: TaskModel, adapted: Optional[Adapted], params: Param
     if generate:
         from ..generate import greedy
 
-        holder = adapted if adapted is not None else Adapted(model.module, None, None, ())  # nothing to write
-        texts = greedy(model, holder, {}, prompts, max_new_tokens)
+        texts = greedy(model, None, {}, prompts, max_new_tokens)  # the values already in the modules
         if stop_at_newline(task):
             texts = [_first_line(t) for t in texts]
             refs = [_first_line(r) for r in refs]

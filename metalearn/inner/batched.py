@@ -14,8 +14,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
-from ..model import IGNORE
-from ..types import Batch, Params
+from ..types import IGNORE, Batch, Params
 from .loop import unroll
 from .optimizers import GradientTransformation
 from .step_sizes import at_step

@@ -91,7 +91,7 @@ def load_base(config: BaseConfig, model: Optional[nn.Module] = None, second_orde
     if config.compute_dtype == "bfloat16" and not native_bf16():
         log.warning("compute_dtype='bfloat16' on a machine without native bfloat16 (a CPU without AVX512-BF16, or a "
                     "GPU without bf16): bfloat16 matrix products are emulated here, on CPU about 30x slower than "
-                    "float32; use compute_dtype='float32' (or metalearn.base.fast_compute_dtype()) on this machine")
+                    "float32; use compute_dtype='float32' (or metalearn.foundation.fast_compute_dtype()) on this machine")
     if model is not None and not hasattr(model, "config"):
         if config.quantization:
             raise ValueError("quantization is set but the model is a plain nn.Module; bitsandbytes quantization "

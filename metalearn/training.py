@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import algorithms, checkpoint, distributed, divergence, outer, runlock, tracking
+from . import algorithms, checkpoint, distributed, meta_optimizer, nonfinite, runlock, tracking
 from .build import build_learner, needs_second_order
 from .card import describe_family
 from .config import AdapterConfig, BaseConfig, InnerConfig, OuterConfig, RunConfig
@@ -104,7 +104,7 @@ def _fit(family, model: Optional[nn.Module], config: RunConfig, tokenizer, outpu
     if needs_second_order(config):
         check_double_backward(learner, probe)
     meta = learner.meta_parameters()
-    optimizer, scheduler = outer.make_optimizer(meta, config.outer)
+    optimizer, scheduler = meta_optimizer.make_optimizer(meta, config.outer)
     start = 0
     if resumed is not None:
         checkpoint.restore(resumed, meta=meta, optimizer=optimizer, scheduler=scheduler, rng=rng)
@@ -162,7 +162,7 @@ def meta_step(learner: Learner, family, rng: np.random.Generator, optimizer, sch
     episodes = [learner.episode(task) for task in distributed.shard(tasks)]
     summed, results = algorithms.meta_gradient(learner, episodes, config.outer.method, config.inner.backend)
     summed = distributed.all_reduce_sum(summed)
-    problem = divergence.first_nonfinite(episodes, results, summed)
+    problem = nonfinite.first_nonfinite(episodes, results, summed)
     record: dict = {"step": step + 1}
     if problem is not None:
         message = f"meta-step {step + 1}: {problem}"
@@ -174,7 +174,7 @@ def meta_step(learner: Learner, family, rng: np.random.Generator, optimizer, sch
         record["skipped"] = problem
     else:
         mean_grads = {n: g / len(tasks) for n, g in summed.items()}
-        record["grad_norm"] = outer.apply(meta, mean_grads, optimizer, scheduler, config.outer.clip_norm)
+        record["grad_norm"] = meta_optimizer.apply(meta, mean_grads, optimizer, scheduler, config.outer.clip_norm)
         record["meta_lr"] = scheduler.get_last_lr()[0]
     record["query_loss"] = float(np.mean([t.query_loss for t in results]))
     first = [t.support_losses[0] for t in results if t.support_losses]

@@ -23,8 +23,11 @@ import time
 
 import torch
 
-from .evaluate import EvalResults, evaluate
-from .report import atomic_write
+from . import tasks
+from .build import load
+from .eval import EvalResults, evaluate
+from .files import atomic_write
+from .training import fit
 
 __all__ = ["BUDGETS", "run_demo"]
 
@@ -50,13 +53,11 @@ def _mlp(seed: int) -> torch.nn.Module:
 
 def sinusoid_part(output_dir: str, budget: dict, seed: int, progress: bool) -> EvalResults:
     """Meta-SGD vs multi-task vs random init on sinusoid regression (MSE)."""
-    import metalearn
-
-    family = metalearn.tasks.load("sinusoid")
+    family = tasks.load("sinusoid")
     common = dict(inner_steps=1, inner_lr=0.01, meta_batch=8, seed=seed, progress=progress)
     steps = budget["sin_meta_steps"]
-    metasgd = metalearn.fit(family, model=_mlp(seed), method="metasgd", meta_lr=1e-3, meta_steps=steps, **common)
-    multitask = metalearn.fit(family, model=_mlp(seed), method="multitask", meta_lr=1e-3, meta_steps=steps, **common)
+    metasgd = fit(family, model=_mlp(seed), method="metasgd", meta_lr=1e-3, meta_steps=steps, **common)
+    multitask = fit(family, model=_mlp(seed), method="multitask", meta_lr=1e-3, meta_steps=steps, **common)
     return evaluate({"metasgd": metasgd, "multitask": multitask}, family, baselines=["random_init"],
                     steps=[0, 1, 5, 10], shots=[5, 10], episodes=budget["sin_episodes"], seed=seed,
                     lr_grid=(0.1, 0.3, 1.0, 3.0), val_episodes=budget["sin_val"],
@@ -65,19 +66,18 @@ def sinusoid_part(output_dir: str, budget: dict, seed: int, progress: bool) -> E
 
 def substitution_part(output_dir: str, budget: dict, seed: int, progress: bool) -> tuple[EvalResults, str]:
     """MAML of LoRA + soft prompt on a pretrained tiny NF4 Llama vs random-init PEFT, frozen base, in-context."""
-    import metalearn
-    from metalearn.pretrain import PretrainConfig, pretrained_base
+    from .pretrain import PretrainConfig, pretrained_base
 
-    family = metalearn.tasks.load("substitution")
+    family = tasks.load("substitution")
     base_path, info = pretrained_base(family, PretrainConfig(steps=budget["base_steps"], seed=seed), progress=progress)
     log.info("demo: tiny base %s (%s)", base_path, "cached" if info["cached"] else f"trained in {info['seconds']:.0f}s")
     kwargs = dict(FIT, model_name=base_path, meta_steps=budget["llm_meta_steps"], seed=seed)
     key = hashlib.sha256(json.dumps(kwargs, sort_keys=True).encode()).hexdigest()[:16]
     saved = os.path.join(base_path, "learners", key)  # beside the base it was trained on
     if os.path.isfile(os.path.join(saved, "metalearn.json")):
-        learner = metalearn.load(saved)
+        learner = load(saved)
     else:
-        learner = metalearn.fit(family, progress=progress, **kwargs)
+        learner = fit(family, progress=progress, **kwargs)
         learner.save(saved)
     results = evaluate({"maml": learner}, family, baselines=["random_init", "zero_shot", "in_context"],
                        steps=budget["llm_steps"], episodes=budget["llm_episodes"], seed=seed,
@@ -90,10 +90,10 @@ def show_example(learner, family, results: EvalResults, seed: int) -> str:
     """The first test episode of the evaluation: its table, 8 examples, the frozen base's and the adapted answers."""
     import dataclasses
 
-    from ..generate import greedy
-    from .baselines import frozen_base
-    from .evaluate import adapt
-    from .inputs import sample_tasks
+    from .eval.adaptation import adapt
+    from .eval.inputs import sample_tasks
+    from .generate import greedy
+    from .views import frozen_base
 
     task = sample_tasks(family, "test", 1, seed)[0]  # the evaluation's first test episode (same seed)
     steps = max(results.settings["steps"])
@@ -104,10 +104,7 @@ def show_example(learner, family, results: EvalResults, seed: int) -> str:
     with _restored(learner):
         adapted = [t.strip().split("\n")[0] for t in greedy(learner.model, learner.adapted, fast, prompts, 8)]
         with frozen_base(learner) as frozen:
-            from ..adapters import Adapted
-
-            bare = [t.strip().split("\n")[0] for t in greedy(frozen, Adapted(frozen.module, None, None, ()), {},
-                                                              prompts, 8)]
+            bare = [t.strip().split("\n")[0] for t in greedy(frozen, None, {}, prompts, 8)]
     table = task.meta["table"]
     lines = [f"A new rule, never seen in pretraining or meta-training: `{task.meta['rule_id']}`, i.e. "
              + " ".join(f"{a}->{b}" for a, b in zip(family.alphabet, table)) + ".", "",
@@ -127,7 +124,7 @@ def show_example(learner, family, results: EvalResults, seed: int) -> str:
 @contextlib.contextmanager
 def _restored(learner):
     """Put the learner's adapter tensors back after decoding wrote adapted values into them."""
-    from ..adapters import adaptable_params, write_params
+    from .adapters import adaptable_params, write_params
 
     saved = {n: t.detach().clone() for n, t in adaptable_params(learner.adapted).items()}
     try:

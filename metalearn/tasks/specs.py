@@ -130,7 +130,8 @@ def _root(spec: Mapping) -> Path | None:
 def _source(spec: Mapping, base: Path | None) -> Any:
     src = spec.get("source")
     if not isinstance(src, Mapping):
-        raise ValueError(f"spec {spec['name']!r} needs a 'source' mapping: {{reader: ...}}, {{files: ...}} or {{hub: ...}}")
+        raise ValueError(f"spec {spec['name']!r} needs a 'source' mapping: {{reader: ...}}, {{files: ...}} or "
+                         "{hub: ...}")
     src = dict(src)
     if "reader" in src:
         root = _root(spec) or sources.data_dir()

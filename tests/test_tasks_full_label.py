@@ -150,13 +150,14 @@ def test_bad_hwu64_settings_name_the_fix():
     with pytest.raises(ValueError, match=r"val_fraction=1.5 is invalid; give a fraction between 0 and 1"):
         load("hwu64_full", val_fraction=1.5)
     no_val = load("hwu64_full", val_fraction=None)
-    assert no_val.max_k_shot == 35
+    assert no_val.max_k_shot == 35 and no_val.classes("val") == [] and len(no_val.classes("test")) == 64
     with pytest.raises(ValueError, match=r"no validation pool.*set val_fraction"):
         no_val.sample("val", np.random.default_rng(0))
 
 
 def test_splits_train_and_unknown_are_refused():
     fam = family("hwu64_full")
+    assert fam.classes("train") == [] and fam.classes("val") == fam.classes("test") == sorted(fam.pool_sizes())
     with pytest.raises(ValueError, match=r"no 'train' split.*held-out target; meta-train on other families"):
         fam.sample("train", np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"split 'dev' is unknown; use one of"):

@@ -165,9 +165,10 @@ class FullLabel:
         return min(len(p) for p in self._pools.values())
 
     def classes(self, split: str = "test") -> list[str]:
-        """The class names, in label order (the same for every split)."""
+        """The class names in label order for a split that has queries; ``[]`` for ``train`` (never sampled)
+        and for ``val`` without a validation pool, as for an empty meta-split of other families."""
         check_split(split)
-        return list(self._classes)
+        return list(self._classes) if split in self._queries else []
 
     def pool_sizes(self) -> dict[str, int]:
         """``{class: train rows it may draw support from}``."""

@@ -16,13 +16,15 @@ three meta-splits never share a class or task (which classes or tasks go where i
 when the family is built). Check a family with :func:`check_family`; ``examples/custom_family.py``
 is a runnable one.
 
-Built-in families: :class:`NWayKShot` (N-way K-shot text classification), :class:`Verbalized` (the
+Built-in families: :class:`NWayKShot` (N-way K-shot text classification), :class:`FullLabel` (every class
+with K shots from the official train split, the whole official test split as queries), :class:`Verbalized` (the
 same as prompt -> label word), :class:`InstructionFamily` (data sets x prompt templates),
 :class:`Sinusoid`, :class:`TextRules` and :class:`Substitution` (procedural, no data), and :func:`mix` (a
 :class:`Mixture`: each episode from one of several families, as in Meta-Dataset). :func:`load` builds one from a
 declarative spec: ``load("clinc150", n_way=10)``; :func:`available` lists the built-in specs.
 """
 from .classification import NWayKShot
+from .full_label import FullLabel
 from .instruction import DEFAULT_TEMPLATES, InstructionFamily
 from .mixture import Mixture, check_target, mix
 from .procedural import RULES, Sinusoid, TextRules
@@ -34,6 +36,7 @@ from .verbalizer import Verbalized
 
 __all__ = [
     "DEFAULT_TEMPLATES",
+    "FullLabel",
     "InstructionFamily",
     "KINDS",
     "Mixture",

@@ -126,7 +126,8 @@ class NWayKShot:
                 sizes = {g: len(c) for g, c in self.groups(split).items()}
                 raise ValueError(
                     f"data set {self.name!r}: no group in split {split!r} has {max_n} classes for n_way={max_n} "
-                    f"(classes per group: {sizes}); lower n_way" + (", or use split_by='group'" if self._split_by == "class" else "")
+                    f"(classes per group: {sizes}); lower n_way"
+                    + (", or use split_by='group'" if self._split_by == "class" else "")
                 )
 
     # ---------------------------------------------------------------- what a user looks at

@@ -83,7 +83,8 @@ class InstructionFamily:
         for template, names in fields.items():
             for f in names:
                 if f not in available:
-                    what = f"completion template {self.completion!r}" if template == "completion" else f"template {template!r}"
+                    what = (f"completion template {self.completion!r}" if template == "completion"
+                            else f"template {template!r}")
                     raise ValueError(
                         f"{self.name}: {what} names field {f!r}, which task {task!r} does not have; "
                         f"available fields: {available}. Fix the template or rename the column"

@@ -44,7 +44,8 @@ class Mixture:
             raise ValueError(f"mixture {name!r} needs at least one source: give {{name: family}} or a list of families")
         for key, family in sources.items():
             if not isinstance(key, str) or not key:
-                raise ValueError(f"mixture {name!r}: source name {key!r} is invalid; name every source with a non-empty string")
+                raise ValueError(f"mixture {name!r}: source name {key!r} is invalid; name every source with a "
+                                 "non-empty string")
             check_family(family)
         seen: dict[int, str] = {}
         for key, family in sources.items():
@@ -118,7 +119,8 @@ def mix(sources: Union[Mapping[str, Any], Sequence[Any]], weights: Weights = Non
         for i, family in enumerate(sources):
             key = getattr(family, "name", None)
             if not isinstance(key, str) or not key:
-                raise ValueError(f"source {i} ({family!r}) has no name; pass a mapping {{name: family}} instead of a list")
+                raise ValueError(f"source {i} ({family!r}) has no name; pass a mapping {{name: family}} instead of a "
+                                 "list")
             if key in named:
                 raise ValueError(f"mixture {name!r} lists the source {key!r} twice; list each source once "
                                  "(give it more weight instead)")
@@ -135,7 +137,8 @@ def _probabilities(names: list[str], weights: Weights, mixture: str) -> np.ndarr
         unknown, missing = sorted(set(weights) - set(names)), [n for n in names if n not in weights]
         if unknown or missing:
             raise ValueError(f"mixture {mixture!r}: weights name {sorted(weights)} but the sources are {names}"
-                             + (f"; unknown {unknown}" if unknown else "") + (f"; missing {missing}" if missing else ""))
+                             + (f"; unknown {unknown}" if unknown else "")
+                             + (f"; missing {missing}" if missing else ""))
         weights = [weights[n] for n in names]
     values = list(weights) if isinstance(weights, Sequence) and not isinstance(weights, str) else None
     if values is None:
@@ -150,7 +153,8 @@ def _probabilities(names: list[str], weights: Weights, mixture: str) -> np.ndarr
                          "number >= 0")
     total = float(sum(values))
     if total <= 0:
-        raise ValueError(f"mixture {mixture!r}: weights {values} are all zero; give at least one source a positive weight")
+        raise ValueError(f"mixture {mixture!r}: weights {values} are all zero; give at least one source a positive "
+                         "weight")
     return np.asarray(values, dtype=float) / total
 
 

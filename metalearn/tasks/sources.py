@@ -24,6 +24,7 @@ __all__ = ["READERS", "data_dir", "instruction_annotations", "load_files", "load
 
 ENV_VAR = "METALEARN_DATA_DIR"
 HWU64_FOLD = "CrossValidation/autoGeneFromRealAnno/autoGene_2018_03_22-13_01_25_169/CrossValidation/KFold_1"
+HWU64_PARTS = {"trainset": "train", "testset/csv": "test"}  # folder -> official split
 
 
 def data_dir() -> Path:
@@ -117,11 +118,15 @@ def _read_json(path: Path) -> Any:
 
 
 def read_clinc150(root: Path, parts: Sequence[str] = ("train", "val", "test")):
-    """CLINC150 ``data_full.json``: columns text, intent, domain (the ``oos`` rows are left out)."""
+    """CLINC150 ``data_full.json``: columns text, intent, domain, official_split (the ``oos`` rows are left out).
+
+    ``official_split`` is the part of ``data_full.json`` a row comes from (``train``, ``val``, ``test``, or an
+    ``oos_*`` part when asked for); rows keep the file's order, part after part.
+    """
     base = resolve("clinc150/data", root)
     full = _read_json(base / "data_full.json")
     domain_of = {intent: d for d, intents in _read_json(base / "domains.json").items() for intent in intents}
-    rows: dict[str, list] = {"text": [], "intent": [], "domain": []}
+    rows: dict[str, list] = {"text": [], "intent": [], "domain": [], "official_split": []}
     for part in parts:
         if part not in full:
             raise ValueError(f"clinc150 has no part {part!r}; choose from {sorted(full)}")
@@ -129,14 +134,21 @@ def read_clinc150(root: Path, parts: Sequence[str] = ("train", "val", "test")):
             rows["text"].append(text)
             rows["intent"].append(intent)
             rows["domain"].append(domain_of.get(intent, "oos"))
+            rows["official_split"].append(part)
     return _table(rows)
 
 
 def read_hwu64(root: Path, parts: Sequence[str] = ("trainset", "testset/csv")):
-    """HWU64 fold 1 per-intent CSVs: columns text (answer_from_anno), label (scenario_intent), scenario."""
+    """HWU64 fold 1 per-intent CSVs: columns text (answer_from_anno), label (scenario_intent), scenario,
+    official_split.
+
+    ``official_split`` is ``train`` for ``trainset/`` rows and ``test`` for ``testset/csv/`` rows (another part
+    keeps its folder name). HWU64 has no official validation split.
+    """
     base = resolve(f"hwu64/{HWU64_FOLD}", root)
-    rows: dict[str, list] = {"text": [], "label": [], "scenario": []}
+    rows: dict[str, list] = {"text": [], "label": [], "scenario": [], "official_split": []}
     for part in parts:
+        official = HWU64_PARTS.get(part.strip("/"), part)
         files = sorted(resolve(base / part).glob("*.csv"))
         for file in files:
             _require_nonempty(file)
@@ -147,6 +159,7 @@ def read_hwu64(root: Path, parts: Sequence[str] = ("trainset", "testset/csv")):
                         rows["text"].append(text)
                         rows["label"].append(f"{rec['scenario']}_{rec['intent']}")
                         rows["scenario"].append(rec["scenario"])
+                        rows["official_split"].append(official)
     return _table(rows)
 
 

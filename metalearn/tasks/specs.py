@@ -2,7 +2,8 @@
 
 A spec names a ``family`` kind, a ``source`` and the constructor settings of that family::
 
-    family: classification          # classification | verbalizer | instruction | sinusoid | text_rules | substitution | mixture
+    family: classification          # classification | full_label | verbalizer | instruction | sinusoid | text_rules
+                                    # | substitution | mixture
     source: {reader: clinc150}      # or {files: data/*.csv, format: csv} or {hub: clinc_oos, name: plus}
     columns: {text: text, label: intent}
     n_way: 5
@@ -32,6 +33,7 @@ import yaml
 
 from . import sources
 from .classification import NWayKShot
+from .full_label import FullLabel
 from .instruction import InstructionFamily
 from .mixture import Mixture
 from .procedural import Sinusoid, TextRules
@@ -128,7 +130,8 @@ def _root(spec: Mapping) -> Path | None:
 def _source(spec: Mapping, base: Path | None) -> Any:
     src = spec.get("source")
     if not isinstance(src, Mapping):
-        raise ValueError(f"spec {spec['name']!r} needs a 'source' mapping: {{reader: ...}}, {{files: ...}} or {{hub: ...}}")
+        raise ValueError(f"spec {spec['name']!r} needs a 'source' mapping: {{reader: ...}}, {{files: ...}} or "
+                         "{hub: ...}")
     src = dict(src)
     if "reader" in src:
         root = _root(spec) or sources.data_dir()
@@ -149,6 +152,15 @@ def _classification(spec: Mapping, base: Path | None, extra: tuple[str, ...] = (
     kwargs = _kwargs(spec, NWayKShot, extra)
     return NWayKShot(_source(spec, base), text_column=cols.get("text", "text"),
                      label_column=cols.get("label", "label"), name=spec["name"], **kwargs)
+
+
+def _full_label(spec: Mapping, base: Path | None) -> FullLabel:
+    """A :class:`FullLabel` family; ``columns`` may also name the ``split`` column (default ``official_split``)."""
+    cols = spec.get("columns") or {}
+    kwargs = _kwargs(spec, FullLabel)
+    kwargs.setdefault("name", spec["name"])
+    return FullLabel(_source(spec, base), text_column=cols.get("text", "text"), label_column=cols.get("label", "label"),
+                     split_column=cols.get("split", "official_split"), **kwargs)
 
 
 def _verbalizer(spec: Mapping, base: Path | None) -> Verbalized:
@@ -209,6 +221,7 @@ def _procedural(cls: Callable) -> Callable:
 
 BUILDERS: dict[str, Callable[[Mapping, Path | None], Any]] = {
     "classification": _classification,
+    "full_label": _full_label,
     "instruction": _instruction,
     "mixture": _mixture,
     "sinusoid": _procedural(Sinusoid),

@@ -62,9 +62,9 @@ def test_bf16_meta_gradient_is_the_fp32_twins_up_to_bf16_rounding():
 
 def test_bf16_on_a_cpu_without_native_bf16_warns_with_the_fix(monkeypatch, caplog):
     monkeypatch.setattr(foundation, "native_bf16", lambda: False)
-    assert base.fast_compute_dtype() == "float32"
+    assert foundation.fast_compute_dtype() == "float32"
     with caplog.at_level(logging.WARNING, logger="metalearn"):
         bf16_learner()
     assert "compute_dtype='float32'" in caplog.text and "AVX512-BF16" in caplog.text
     monkeypatch.setattr(foundation, "native_bf16", lambda: True)
-    assert base.fast_compute_dtype() == "bfloat16"
+    assert foundation.fast_compute_dtype() == "bfloat16"

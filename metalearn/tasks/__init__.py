@@ -23,6 +23,7 @@ same as prompt -> label word), :class:`InstructionFamily` (data sets x prompt te
 declarative spec: ``load("clinc150", n_way=10)``; :func:`available` lists the built-in specs.
 """
 from .classification import NWayKShot
+from .folds import support_folds
 from .instruction import DEFAULT_TEMPLATES, InstructionFamily
 from .mixture import Mixture, check_target, mix
 from .procedural import RULES, Sinusoid, TextRules
@@ -52,4 +53,5 @@ __all__ = [
     "data_dir",
     "load",
     "mix",
+    "support_folds",
 ]

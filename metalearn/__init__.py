@@ -16,23 +16,24 @@ from importlib.util import find_spec as _find_spec
 from typing import TYPE_CHECKING, Any
 
 from . import quiet
-from .config import AdapterConfig, BaseConfig, InnerConfig, OuterConfig, RunConfig
+from .config import AdapterConfig, BaseConfig, InnerConfig, OuterConfig, Recipe, RunConfig
 
 if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and IDEs
     from . import tasks
     from .build import build_learner, load
-    from .eval import evaluate
+    from .eval import evaluate, tune_recipe
+    from .guarded import AdaptedModel
     from .training import fit, make_config
-    from .learner import AdaptedModel, Learner
+    from .learner import Learner
 
 _logging.getLogger("metalearn").addHandler(_logging.NullHandler())
 quiet.install_log_filters()
 
-_LAZY = {"AdaptedModel": ".learner", "Learner": ".learner", "build_learner": ".build", "load": ".build",
-         "evaluate": ".eval", "fit": ".training", "make_config": ".training"}
+_LAZY = {"AdaptedModel": ".guarded", "Learner": ".learner", "build_learner": ".build", "load": ".build",
+         "evaluate": ".eval", "fit": ".training", "make_config": ".training", "tune_recipe": ".eval"}
 
-__all__ = sorted(["AdaptedModel", "AdapterConfig", "BaseConfig", "InnerConfig", "Learner", "OuterConfig",
-                  "RunConfig", "build_learner", "evaluate", "fit", "load", "make_config", "tasks"])
+__all__ = ["AdaptedModel", "AdapterConfig", "BaseConfig", "InnerConfig", "Learner", "OuterConfig", "Recipe",
+           "RunConfig", "build_learner", "evaluate", "fit", "load", "make_config", "tasks", "tune_recipe"]
 __version__ = "0.1.0"
 
 

@@ -10,7 +10,7 @@ from torch import nn
 from . import adapters as adapters_mod
 from . import saved
 from .foundation import load_base, load_tokenizer
-from .config import RunConfig
+from .config import Recipe, RunConfig
 from .learner import Learner
 from .model import TaskModel
 from .progress import library_bars_only_when_live
@@ -51,6 +51,11 @@ def load(path: str, model: Optional[nn.Module] = None, tokenizer=None) -> Learne
         config = RunConfig.from_dict(folder.meta["config"])
     except (KeyError, TypeError) as err:
         raise ValueError(f"{os.path.join(path, CONFIG_FILE)} is corrupted ({err}); re-save the learner") from None
+    try:
+        recipe = Recipe.from_dict(folder.meta["recipe"]) if folder.meta.get("recipe") is not None else None
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{os.path.join(path, CONFIG_FILE)}: its recipe is corrupted ({err}); re-save the learner "
+                         "or choose it again (metalearn.eval.tune_recipe)") from None
     state = folder.tensors(STATE_FILE)
     learner = build_learner(config, model, tokenizer)
     if learner.adapted.peft_parts():
@@ -65,6 +70,7 @@ def load(path: str, model: Optional[nn.Module] = None, tokenizer=None) -> Learne
                 learner.init[name].copy_(value)
             else:
                 learner.init[name] = value.clone().requires_grad_(True)
+    learner.recipe = recipe
     return learner
 
 

@@ -290,3 +290,49 @@ class RunConfig:
                 raise ValueError(f"unknown {name} setting(s) {sorted(bad)}; known: {sorted(names)}")
             parts[name] = klass(**values)
         return cls(**parts)
+
+
+@dataclass
+class Recipe:
+    """How ``Learner.adapt`` adapts by default: chosen on validation tasks by ``metalearn.eval.tune_recipe``.
+
+    Saved with the learner (``metalearn.json``), so ``metalearn.load(dir).adapt(support)`` runs it.
+
+    Attributes:
+        steps: inner steps at test time.
+        scale: multiplier of the meta-trained inner step sizes.
+        guard: classification at K >= 2: decide per task, from its support set's own folds, whether
+            adapting beats the frozen foundation (``metalearn.guarded.decide``).
+        folds: support folds the guard holds out (None: K).
+        margin: held-out accuracy the adapted model must gain over the foundation to be kept.
+        chosen_on: how the steps and scale were chosen (validation scores, episodes, grids), for the record.
+    """
+
+    steps: int
+    scale: float = 1.0
+    guard: bool = True
+    folds: Optional[int] = None
+    margin: float = 0.0
+    chosen_on: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(_is_int(self.steps) and self.steps >= 0, "recipe.steps", self.steps, "use a number of steps >= 0")
+        _check(_is_positive(self.scale), "recipe.scale", self.scale, "use a positive step-size multiplier")
+        _check(isinstance(self.guard, bool), "recipe.guard", self.guard, "use True or False")
+        _check(self.folds is None or _is_int(self.folds) and self.folds >= 1, "recipe.folds", self.folds,
+               "use a positive number of folds, or None for K")
+        _check(_is_number(self.margin) and self.margin >= 0, "recipe.margin", self.margin, "use a number >= 0")
+        _check(isinstance(self.chosen_on, dict), "recipe.chosen_on", self.chosen_on, "use a dict")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Recipe":
+        if not isinstance(data, dict):
+            raise ValueError(f"recipe={data!r} is invalid: use a mapping of Recipe fields")
+        names = {f.name for f in dataclasses.fields(cls)}
+        bad = set(data) - names
+        if bad:
+            raise ValueError(f"unknown recipe setting(s) {sorted(bad)}; known: {sorted(names)}")
+        return cls(**data)

@@ -90,20 +90,18 @@ def show_example(learner, family, results: EvalResults, seed: int) -> str:
     """The first test episode of the evaluation: its table, 8 examples, the frozen base's and the adapted answers."""
     import dataclasses
 
-    from .eval.adaptation import adapt
     from .eval.inputs import sample_tasks
     from .generate import greedy
-    from .views import frozen_base
 
     task = sample_tasks(family, "test", 1, seed)[0]  # the evaluation's first test episode (same seed)
     steps = max(results.settings["steps"])
     scale = next((t["scale"] for t in results.tuning if t["method"] == "maml" and t["steps"] == steps), 1.0)
     episode = learner.episode(dataclasses.replace(task, query=task.support))  # adaptation sees the support set only
-    fast, _ = adapt(learner, episode, steps, scale)
+    fast, _ = learner.adapt_params(episode, steps, scale)
     prompts, truth = list(task.query["prompt"]), [c.strip() for c in task.query["completion"]]
     with _restored(learner):
         adapted = [t.strip().split("\n")[0] for t in greedy(learner.model, learner.adapted, fast, prompts, 8)]
-        with frozen_base(learner) as frozen:
+        with learner.frozen() as frozen:
             bare = [t.strip().split("\n")[0] for t in greedy(frozen, None, {}, prompts, 8)]
     table = task.meta["table"]
     lines = [f"A new rule, never seen in pretraining or meta-training: `{task.meta['rule_id']}`, i.e. "

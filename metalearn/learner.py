@@ -6,13 +6,15 @@ support set; ``save`` writes a standard peft adapter folder plus what peft canno
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import logging
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Iterator, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -20,9 +22,10 @@ from torch.func import vmap
 
 from . import adapters as adapters_mod
 from . import card, files, quiet, saved
+from .guarded import AdaptedModel, guard_decision
 from .attention_masks import vmappable_masks
-from .config import RunConfig
-from .functional import feature_loss, logits, outputs, prototype_head, prototypes, task_loss
+from .config import Recipe, RunConfig
+from .functional import feature_loss, prototype_head, prototypes, task_loss
 from .inner import build as build_optimizer
 from .inner import initial_step_sizes, unroll
 from .inner.batched import unroll_batched
@@ -69,6 +72,7 @@ class Learner:
         self.optimizer = build_optimizer(inner.optimizer, inner.clip_norm, inner.adam_betas, inner.adam_eps)
         self.history: list[dict] = []  # fit's log records, one per meta-step
         self.family: Optional[str] = None  # the task family fit meta-trained on, described for the model card
+        self.recipe: Optional[Recipe] = None  # adapt()'s defaults, chosen on validation tasks (eval.tune_recipe)
 
     # ---- what the outer loop optimizes ----------------------------------------------------------
     def meta_parameters(self) -> Params:
@@ -223,16 +227,61 @@ class Learner:
         return {n: torch.cat([t, t[-1:].expand(steps - inner.steps)]) if t.dim() == 1 else t
                 for n, t in step_sizes.items()}
 
+    # ---- views and adaptation without a meta-gradient --------------------------------------------
+    def scaled(self, scale: float) -> "Learner":
+        """A shallow view with a detached init and step sizes times ``scale`` (this learner is untouched)."""
+        view = copy.copy(self)
+        view.init = {n: t.detach().requires_grad_(True) for n, t in self.init.items()}
+        view.step_sizes = {n: t.detach() * scale for n, t in self.step_sizes.items()}
+        return view
+
+    def adapt_params(self, episode: Episode, steps: Optional[int] = None,
+                     scale: float = 1.0) -> tuple[Params, list[float]]:
+        """First-order inner loop from the init on ``episode.support``, step sizes times ``scale``; detached."""
+        with torch.enable_grad():
+            fast, losses = self.scaled(scale).inner_adapt(episode, steps=steps, order="first", meta_gradient=False)
+        return {n: t.detach() for n, t in fast.items()}, losses
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[TaskModel]:
+        """A TaskModel over the base with the soft prompt or prefix and LoRA switched off (nothing copied)."""
+        adapted, model = self.adapted, self.model
+        module = adapted.soft.base_model if adapted.soft is not None else adapted.module
+        frozen = TaskModel(module, model.model_type, model.tokenizer, 0, model.max_length,
+                           getattr(model, "head_metric", "euclidean"), getattr(model, "head_temperature", 0.05))
+        with adapted.lora.disable_adapter() if adapted.lora is not None else contextlib.nullcontext():
+            yield frozen
+
+    def foundation_head(self, task: Task) -> Params:
+        """The learner's prototype head on the frozen foundation's features of ``task.support`` (no adapters)."""
+        with torch.no_grad(), self.frozen() as frozen:
+            support = frozen.encode(task.support, "classification")
+            return prototypes(frozen, frozen.features(support), support["label"], task.n_way)
+
     # ---- public -----------------------------------------------------------------------------------
     def adapt(self, support: Union[Task, Mapping[str, Any]], steps: Optional[int] = None,
-              kind: Optional[str] = None) -> "AdaptedModel":
-        """Adapt the meta-learned initialization to one task's support set; return the adapted model."""
+              kind: Optional[str] = None, *, scale: Optional[float] = None,
+              guard: Union[bool, str, None] = None) -> AdaptedModel:
+        """Adapt the meta-learned initialization to one task's support set; return the adapted model.
+
+        Defaults come from ``self.recipe`` when one was chosen (``metalearn.eval.tune_recipe``, saved with the
+        learner): its step count and step-size ``scale``; else ``inner.steps`` steps at the meta-trained sizes.
+        ``guard`` (classification): ``True`` decides from the support set's own folds whether adapting beats
+        the frozen foundation (``guarded.decide``; needs K >= 2 per class), ``False`` always adapts, ``"meta"`` or
+        ``"foundation"`` applies a verdict made elsewhere (say pooled over many tasks, ``eval.guard``). The
+        default is the recipe's guard, on for classification at K >= 2. ``adapted.decision`` says which way
+        it went and why.
+        """
         task = support if isinstance(support, Task) else Task(support, support, kind or self._default_kind(),
                                                               task_id="user")
-        episode = self.episode(task)
-        with torch.enable_grad():
-            fast, losses = self.inner_adapt(episode, steps, order="first", meta_gradient=False)
-        return AdaptedModel(self, {n: t.detach() for n, t in fast.items()}, task.kind, losses)
+        recipe = self.recipe
+        steps = steps if steps is not None else recipe.steps if recipe else None
+        scale = scale if scale is not None else recipe.scale if recipe else 1.0
+        decision = guard_decision(self, task, guard, steps, scale)
+        if decision["use"] == "foundation":
+            return AdaptedModel(self, self.foundation_head(task), task.kind, [], use="foundation", decision=decision)
+        fast, losses = self.adapt_params(self.episode(task), steps, scale)
+        return AdaptedModel(self, fast, task.kind, losses, decision=decision)
 
     def write_params(self, params: Params) -> None:
         """Load ``params`` into the shared peft modules, which then compute with them (decoding, exports)."""
@@ -263,6 +312,8 @@ class Learner:
             save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, os.path.join(tmp, STATE_FILE))
             meta = {"config": self.config.to_dict(), "model_type": self.model.model_type,
                     "names": list(self.adapted.names), "format": saved.FORMAT, "checksums": saved.checksums(tmp)}
+            if self.recipe is not None:
+                meta["recipe"] = self.recipe.to_dict()
             with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
                 json.dump(meta, f, indent=2, default=str)
             card.write(self._card_data(), tmp, results)  # after the checksums: the card and eval/ are not verified on load
@@ -294,43 +345,7 @@ class Learner:
             return hub.push_folder(folder, repo_id, private=private, token=token, commit_message=commit_message)
 
 
-class AdaptedModel:
-    """A task-adapted model: the fast parameters over the shared frozen base."""
-
-    def __init__(self, learner: Learner, params: Params, kind: str, support_losses: list[float]):
-        self.learner = learner
-        self.params = params
-        self.kind = kind
-        self.support_losses = support_losses
-
-    def loss(self, examples: Mapping[str, Any]) -> float:
-        batch = self.learner.model.encode(examples, self.kind)
-        with torch.no_grad():
-            return float(self.learner.loss(self.params, batch, self.kind))
-
-    def predict(self, examples: Mapping[str, Any], max_new_tokens: int = 32) -> Any:
-        """Class indices (classification), outputs (regression) or greedy completions (generation)."""
-        model = self.learner.model
-        with torch.no_grad():
-            if self.kind == "generation":
-                return self.generate(list(examples["prompt"]), max_new_tokens)
-            batch = model.encode(examples, self.kind)
-            if self.kind == "classification":
-                return logits(model, self.params, batch).argmax(-1)
-            return outputs(model, self.params, batch)
-
-    def generate(self, prompts: list[str], max_new_tokens: int = 32) -> list[str]:
-        """Greedy decoding with the adapted parameters (no sampling, so results are reproducible)."""
-        from .generate import greedy
-
-        return greedy(self.learner.model, self.learner.adapted, self.params, prompts, max_new_tokens)
-
-    def as_module(self) -> nn.Module:
-        """Load the adapted tensors into the shared peft module and return it (e.g. for ``.generate``)."""
-        self.learner.write_params(self.params)
-        return self.learner.adapted.module
-
-
 def _name_sample(params: Params) -> str:
     names = list(params)
     return repr(names[:6])[:-1] + (f", ... ({len(names)} in all)]" if len(names) > 6 else "]")
+

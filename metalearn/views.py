@@ -1,7 +1,6 @@
-"""Views of a Learner that evaluation asks for, so that ``eval/`` never touches adapters or quantization.
+"""What evaluation asks of a Learner beyond its own methods, so that ``eval/`` never touches adapters or
+quantization (the Learner itself gives ``scaled``, ``frozen`` and ``adapt_params``).
 
-* :func:`scaled`: the same learner with its inner step sizes times a factor (a learning-rate search);
-* :func:`frozen_base`: a ``TaskModel`` over the learner's base with every adapter switched off;
 * :func:`random_init`: a learner over the same base and adapters with a fresh peft init (a baseline);
 * :func:`evaluation_mode`: modules in eval mode, 4-bit weights dequantized once, scratch values put back.
 
@@ -10,7 +9,6 @@ Nothing here copies the frozen base: every view shares the learner's modules.
 from __future__ import annotations
 
 import contextlib
-import copy
 from typing import Iterator, Sequence
 
 import torch
@@ -18,29 +16,9 @@ import torch
 from .adapters import adaptable_params, init_prompt_from_text, write_params
 from .config import RunConfig
 from .learner import Learner
-from .model import TaskModel
 from .quant import transformable_4bit
 
-__all__ = ["evaluation_mode", "frozen_base", "random_init", "scaled"]
-
-
-def scaled(learner: Learner, scale: float) -> Learner:
-    """A shallow view of ``learner`` with a detached init and step sizes times ``scale`` (the learner is untouched)."""
-    view = copy.copy(learner)
-    view.init = {n: t.detach().requires_grad_(True) for n, t in learner.init.items()}
-    view.step_sizes = {n: t.detach() * scale for n, t in learner.step_sizes.items()}
-    return view
-
-
-@contextlib.contextmanager
-def frozen_base(learner: Learner) -> Iterator[TaskModel]:
-    """A TaskModel over the learner's base with the soft prompt or prefix and LoRA switched off (nothing copied)."""
-    adapted, model = learner.adapted, learner.model
-    module = adapted.soft.base_model if adapted.soft is not None else adapted.module
-    frozen = TaskModel(module, model.model_type, model.tokenizer, 0, model.max_length,
-                       getattr(model, "head_metric", "euclidean"), getattr(model, "head_temperature", 0.05))
-    with adapted.lora.disable_adapter() if adapted.lora is not None else contextlib.nullcontext():
-        yield frozen
+__all__ = ["evaluation_mode", "random_init"]
 
 
 @contextlib.contextmanager

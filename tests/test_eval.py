@@ -15,7 +15,6 @@ from metalearn.eval import EvalResults, evaluate
 from metalearn.eval.results import paired_differences, summarize
 from metalearn.eval.baselines import in_context_prompts
 from metalearn.views import random_init
-from metalearn.eval.adaptation import adapt
 from metalearn.eval.runner import split_episode
 from metalearn.eval.inputs import family_for_shots
 from metalearn.training import make_config
@@ -108,12 +107,12 @@ def test_adaptation_sees_the_support_set_only():
     episode, query = split_episode(learner, task)
     assert torch.equal(episode.query["x"], task.support["x"])  # the query is not even in what adaptation gets
     assert torch.equal(query["x"], task.query["x"])
-    fast_clean, _ = adapt(learner, episode, steps=3)
-    fast_poisoned, _ = adapt(learner, split_episode(learner, poisoned)[0], steps=3)
+    fast_clean, _ = learner.adapt_params(episode, steps=3)
+    fast_poisoned, _ = learner.adapt_params(split_episode(learner, poisoned)[0], steps=3)
     for name in fast_clean:
         assert torch.equal(fast_clean[name], fast_poisoned[name])
     before = {n: t.detach().clone() for n, t in learner.init.items()}
-    adapt(learner, episode, steps=3, scale=10.0)
+    learner.adapt_params(episode, steps=3, scale=10.0)
     assert all(torch.equal(before[n], learner.init[n]) for n in before), "evaluation must not move the init"
 
 

@@ -12,7 +12,7 @@ from metalearn.foundation import byte_tokenizer
 from metalearn.build import build_learner
 from metalearn.eval import evaluate
 from metalearn.eval import features as features_mod
-from metalearn.eval.adaptation import adapt, trajectory
+from metalearn.eval.adaptation import trajectory
 from metalearn.eval.runner import support_episode
 from metalearn.training import make_config
 from metalearn.learner import Learner
@@ -50,7 +50,7 @@ def test_trajectory_snapshots_equal_separate_adaptations_on_a_4bit_llama():
     snapshots = trajectory(learner, episode, [0, 1, 3], scale=2.0)
     assert set(snapshots) == {0, 1, 3}
     for steps, params in snapshots.items():
-        alone, _ = adapt(learner, episode, steps, scale=2.0)
+        alone, _ = learner.adapt_params(episode, steps, scale=2.0)
         assert all(torch.equal(params[n], alone[n]) for n in alone)
     lora_b = next(n for n in snapshots[0] if "lora_B" in n)
     assert not torch.equal(snapshots[3][lora_b], snapshots[1][lora_b])  # the steps did move the adapters

@@ -12,6 +12,8 @@ from ..quant import transformable_4bit
 from . import batched, maml, multitask, reptile
 from .interface import TaskGradient, grads_for
 
+__all__ = ["REGISTRY", "TaskGradient", "batched", "get", "grads_for", "maml", "multitask", "reptile"]
+
 log = logging.getLogger("metalearn")
 
 REGISTRY = {

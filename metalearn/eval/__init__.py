@@ -8,7 +8,8 @@ from . import baselines, guard, metrics, report
 from .baselines import BASELINES
 from .evaluate import DEFAULT_EPISODES, DEFAULT_LR_GRID, DEFAULT_STEPS, evaluate
 from .inputs import family_for_shots, sample_tasks
+from .recipe import tune_recipe
 from .results import EvalResults
 
-__all__ = sorted(["BASELINES", "DEFAULT_EPISODES", "DEFAULT_LR_GRID", "DEFAULT_STEPS", "EvalResults", "baselines",
-                  "evaluate", "family_for_shots", "guard", "metrics", "report", "sample_tasks"])
+__all__ = ["BASELINES", "DEFAULT_EPISODES", "DEFAULT_LR_GRID", "DEFAULT_STEPS", "EvalResults", "baselines", "evaluate",
+           "family_for_shots", "guard", "metrics", "report", "sample_tasks", "tune_recipe"]

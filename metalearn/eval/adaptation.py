@@ -26,22 +26,14 @@ from ..inner.batched import stack_batches
 from ..learner import Episode, Learner
 from ..tasks.task import Task
 from ..types import Params
-from ..views import scaled
 from . import metrics
 from .score import score_params
 from .workers import forked_map
 
-__all__ = ["adapt", "trajectories", "trajectory", "tune"]
+__all__ = ["trajectories", "trajectory", "tune"]
 
 Snapshots = dict[int, Params]
 """Detached parameters after each requested number of inner steps."""
-
-
-def adapt(learner: Learner, episode: Episode, steps: int, scale: float = 1.0) -> tuple[Params, list[float]]:
-    """First-order inner loop from the learner's init on ``episode.support`` with step sizes times ``scale``."""
-    with torch.enable_grad():
-        fast, losses = scaled(learner, scale).inner_adapt(episode, steps=steps, order="first", meta_gradient=False)
-    return {n: t.detach() for n, t in fast.items()}, losses
 
 
 def trajectory(learner: Learner, episode: Episode, counts: Sequence[int], scale: float = 1.0,
@@ -58,7 +50,7 @@ def trajectory(learner: Learner, episode: Episode, counts: Sequence[int], scale:
             kept[step] = {n: t.detach() for n, t in params.items()}
 
     with torch.enable_grad():
-        scaled(learner, scale).inner_adapt(episode, steps=max(counts), order="first", on_step=keep,
+        learner.scaled(scale).inner_adapt(episode, steps=max(counts), order="first", on_step=keep,
                                              meta_gradient=not reuse)
     return kept
 
@@ -82,7 +74,7 @@ def _batched(learner: Learner, episodes: list[Episode], counts: Sequence[int], s
     support, _ = stack_batches([e.support for e in episodes])
     if support is None:
         return None
-    view, tasks = scaled(learner, scale), len(episodes)
+    view, tasks = learner.scaled(scale), len(episodes)
     init = {n: t.detach().unsqueeze(0).expand(tasks, *t.shape).clone().requires_grad_(True)
             for n, t in learner.init.items()}
     wanted, kept = set(counts), {}

@@ -25,7 +25,6 @@ from ..functional import head_logits, prototypes
 from ..learner import Learner
 from ..model import TaskModel
 from ..tasks.task import Task
-from ..views import frozen_base
 from . import metrics
 
 __all__ = ["ADAPTING", "BASELINES", "FEATURE_BASELINES", "check_baseline", "feature_scores", "frozen_scores",
@@ -82,7 +81,7 @@ def frozen_scores(name: str, learner: Learner, task: Task, *, generate: bool = T
     """Score a non-adapting baseline on ``task`` (support for fitting, query for scoring)."""
     from .score import score_generation
 
-    with frozen_base(learner) as frozen:
+    with learner.frozen() as frozen:
         if task.kind == "classification":
             return _feature_baseline(name, frozen, task)
         prompts = list(task.query["prompt"])

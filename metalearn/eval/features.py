@@ -28,7 +28,7 @@ __all__ = ["FeatureCache", "pooled", "step0_scores"]
 class FeatureCache:
     """Pooled features (hidden,) of texts under ``model`` with ``params``, each text encoded once.
 
-    ``context`` (optional) is entered around every encoding, e.g. ``views.frozen_base`` switching
+    ``context`` (optional) is entered around every encoding, e.g. ``Learner.frozen`` switching
     the adapters off.
 
     Example:

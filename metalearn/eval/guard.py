@@ -31,15 +31,15 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from .. import guarded
 from ..learner import Learner
-from ..views import evaluation_mode, scaled
+from ..views import evaluation_mode
+from ..tasks.folds import support_folds
 from ..tasks.task import Task
 from . import baselines as bl
-from .adaptation import adapt
 from .evaluate import evaluate
 from .metrics import HIGHER_IS_BETTER, mean_ci
 from .results import EvalResults, paired_differences, summarize
-from .score import score_params
 from .workers import check_workers, forked_map
 
 __all__ = ["ValidationView", "check_held_out", "choose", "combine", "decide", "decide_gated", "decide_tasks",
@@ -79,7 +79,7 @@ def choose(learner: Learner, family: Any, *, foundation: str = "zero_shot", step
     """
     if not 0 <= margin:
         raise ValueError(f"margin={margin!r} is invalid: use a non-negative number")
-    results = evaluate({"meta": scaled(learner, scale)}, ValidationView(family), baselines=[foundation], steps=[steps],
+    results = evaluate({"meta": learner.scaled(scale)}, ValidationView(family), baselines=[foundation], steps=[steps],
                        episodes=episodes, seed=seed + 7919, lr_grid=lr_grid, progress=False,
                        generate=metric not in ("nll", "accuracy"), workers=workers)
     metric = metric or results.settings["primary_metric"]
@@ -117,66 +117,17 @@ def check_held_out(train_family: Any, target_family: Any, split: str = "test") -
 # ---------------------------------------------------------------- per task, from the support set alone
 
 
-def support_folds(task: Task, folds: Optional[int] = None) -> list[Task]:
-    """Pseudo-tasks from ``task``'s support set alone: fold j holds out the j-th support example of every class.
-
-    Each has the other K-1 examples per class as support and the held-out ones as query; ``folds`` caps how
-    many (default K). Needs K >= 2 examples in every class. Class names in the support set
-    (``task.meta["name_rows"]``, from ``NWayKShot(class_names=...)``) are side information, not examples: they
-    stay in every fold's support and are never held out, nor counted in K.
-    """
-    labels = torch.as_tensor(task.support["label"]).tolist()
-    names = set(task.meta.get("name_rows", ()))
-    rows: dict[int, list[int]] = {}
-    for i, y in enumerate(labels):
-        if i not in names:
-            rows.setdefault(int(y), []).append(i)
-    k = min(len(r) for r in rows.values())
-    if k < 2:
-        raise ValueError(f"task {task.task_id!r} has {k} support example(s) in a class: holding support examples out "
-                         "needs K >= 2; at K = 1 decide per family on a validation split (guard.choose)")
-    if folds is not None and (not isinstance(folds, int) or folds < 1):
-        raise ValueError(f"folds={folds!r} is invalid: use a positive number of folds, or None for K")
-    out = []
-    for j in range(k if folds is None else min(folds, k)):
-        held = sorted(r[j] for r in rows.values())
-        rest = [i for i in range(len(labels)) if i not in set(held)]
-        out.append(Task(_take(task.support, rest), _take(task.support, held), task.kind,
-                        task_id=f"{task.task_id}#fold{j}", label_names=task.label_names,
-                        meta={"name_rows": [r for r, i in enumerate(rest) if i in names]}))
-    return out
-
-
-def _take(examples: dict, rows: list[int]) -> dict:
-    index = torch.tensor(rows, dtype=torch.long)
-    return {c: v[index] if isinstance(v, torch.Tensor) else [v[i] for i in rows] for c, v in examples.items()}
-
-
 def decide(learner: Learner, task: Task, *, steps: int, scale: float = 1.0, foundation: str = "zero_shot",
            folds: Optional[int] = None, margin: float = 0.0) -> dict[str, Any]:
-    """``"meta"`` (adapt the meta-learned init) or ``"foundation"`` for one classification task, from its support set.
+    """``"meta"`` or ``"foundation"`` for one classification task, from its support set (``guarded.decide``).
 
-    Over :func:`support_folds`, the init adapts ``steps`` steps (step sizes times ``scale``) on each fold's
-    rest and classifies its held-out examples; the foundation (``"zero_shot"``: frozen features, the learner's
-    prototype head) classifies them too. The task adapts only if the mean held-out accuracy is higher by more
-    than ``margin``; on a tie the lower NLL decides. The query set is never read.
+    The foundation is baseline ``foundation`` of ``metalearn.eval.baselines`` (``"zero_shot"``: frozen
+    features with the learner's prototype head, ``"prototypes"``, ``"linear_probe"``), scored on the same
+    held-out support examples. The query set is never read.
     """
-    if task.kind != "classification":
-        raise ValueError(f"the per-task guard holds out support examples of a classification task, not {task.kind!r}")
-    if not 0 <= margin:
-        raise ValueError(f"margin={margin!r} is invalid: use a non-negative number")
-    meta, base = [], []
-    for pseudo in support_folds(task, folds):
-        episode = learner.episode(dataclasses.replace(pseudo, query=pseudo.support))  # adaptation sees the rest only
-        fast, _ = adapt(learner, episode, steps, scale)
-        meta.append(score_params(learner, fast, pseudo, generate=False))
-        base.append(bl.frozen_scores(foundation, learner, pseudo, generate=False))
-    acc = {w: float(np.mean([r["accuracy"] for r in rows])) for w, rows in (("meta", meta), ("foundation", base))}
-    nll = {w: float(np.mean([r.get("nll", math.nan) for r in rows])) for w, rows in (("meta", meta), ("foundation", base))}
-    better = acc["meta"] - acc["foundation"] - margin
-    tie = math.isclose(better, 0.0, abs_tol=1e-9)
-    use = "meta" if better > 0 and not tie or tie and nll["meta"] <= nll["foundation"] else "foundation"
-    return {"use": use, "task_id": task.task_id, "held_out_accuracy": acc, "held_out_nll": nll, "folds": len(meta)}
+    return guarded.decide(learner, task, steps=steps, scale=scale, folds=folds, margin=margin,
+                          foundation_scores=lambda pseudo: bl.frozen_scores(foundation, learner, pseudo,
+                                                                            generate=False))
 
 
 def decide_tasks(learner: Learner, tasks: Sequence[Task], workers: int = 1, **kwargs: Any) -> list[dict[str, Any]]:

@@ -18,7 +18,6 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ..learner import Episode, Learner
-from ..views import frozen_base
 from ..tasks.task import Task
 from . import baselines as bl
 from .adaptation import trajectories, tune
@@ -121,8 +120,8 @@ class Run:
         key = ("frozen", id(learner.model)) if frozen else ("method", name)
         if key not in self.caches:
             if frozen:
-                with frozen_base(learner) as model:  # a TaskModel over the base, adapters switched off
-                    self.caches[key] = FeatureCache(model, {}, context=lambda: frozen_base(learner))
+                with learner.frozen() as model:  # a TaskModel over the base, adapters switched off
+                    self.caches[key] = FeatureCache(model, {}, context=lambda: learner.frozen())
             else:
                 self.caches[key] = FeatureCache(learner.model, learner.init)
         return self.caches[key]

@@ -3,5 +3,5 @@ from .loop import unroll
 from .optimizers import AdamState, GradientTransformation, adam, build, chain, clip_by_global_norm, sgd
 from .step_sizes import initial_step_sizes, is_lora_b
 
-__all__ = sorted(["AdamState", "GradientTransformation", "adam", "build", "chain", "clip_by_global_norm",
-                  "initial_step_sizes", "is_lora_b", "sgd", "unroll"])
+__all__ = ["AdamState", "GradientTransformation", "adam", "build", "chain", "clip_by_global_norm", "initial_step_sizes",
+           "is_lora_b", "sgd", "unroll"]

@@ -24,6 +24,7 @@ same as prompt -> label word), :class:`InstructionFamily` (data sets x prompt te
 declarative spec: ``load("clinc150", n_way=10)``; :func:`available` lists the built-in specs.
 """
 from .classification import NWayKShot
+from .folds import support_folds
 from .full_label import FullLabel
 from .instruction import DEFAULT_TEMPLATES, InstructionFamily
 from .mixture import Mixture, check_target, mix
@@ -55,4 +56,5 @@ __all__ = [
     "data_dir",
     "load",
     "mix",
+    "support_folds",
 ]

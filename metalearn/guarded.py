@@ -1,0 +1,172 @@
+"""What ``Learner.adapt`` returns, and the guard that decides between adapting and the frozen foundation.
+
+An :class:`AdaptedModel` holds the fast parameters over the shared frozen base, or, when the guard kept the
+foundation, the learner's prototype head on frozen features; ``decision`` says which and why. The guard
+(:func:`decide`) scores both on the support set's own leave-one-shot-out folds, never the query set.
+Functions here take the Learner as an argument (it imports this module, not the reverse).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import Any, Callable, Mapping, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .functional import head_logits, logits, outputs
+from .tasks.folds import support_folds
+from .tasks.task import Task
+from .types import Params
+
+__all__ = ["AdaptedModel", "decide", "guard_decision"]
+
+
+class AdaptedModel:
+    """A task-adapted model: the fast parameters over the shared frozen base (or the foundation's head).
+
+    Attributes:
+        params: the adapted tensors; with ``use == "foundation"``, the prototype head on frozen features.
+        use: ``"meta"`` (the meta-learned init, adapted) or ``"foundation"`` (the frozen base, adapters off).
+        decision: which way ``Learner.adapt`` went and why (``"why"``, plus the guard's held-out scores).
+        support_losses: the inner loop's support loss at each step (empty for the foundation).
+    """
+
+    def __init__(self, learner: Any, params: Params, kind: str, support_losses: list[float], *, use: str = "meta",
+                 decision: Optional[dict] = None):
+        self.learner = learner
+        self.params = params
+        self.kind = kind
+        self.support_losses = support_losses
+        self.use = use
+        self.decision = decision or {"use": use}
+
+    def _model(self):
+        """The TaskModel to compute with: the learner's, or its frozen base for the foundation."""
+        if self.use == "foundation":
+            return self.learner.frozen()
+        return contextlib.nullcontext(self.learner.model)
+
+    def _logits(self, model, batch) -> torch.Tensor:
+        if self.use == "foundation":
+            return head_logits(model, self.params, model.features(batch))
+        return logits(model, self.params, batch)
+
+    def loss(self, examples: Mapping[str, Any]) -> float:
+        with torch.no_grad(), self._model() as model:
+            batch = model.encode(examples, self.kind)
+            if self.use == "foundation":
+                return float(F.cross_entropy(self._logits(model, batch).float(), batch["label"]))
+            return float(self.learner.loss(self.params, batch, self.kind))
+
+    def predict(self, examples: Mapping[str, Any], max_new_tokens: int = 32) -> Any:
+        """Class indices (classification), outputs (regression) or greedy completions (generation)."""
+        if self.kind == "generation":
+            return self.generate(list(examples["prompt"]), max_new_tokens)
+        with torch.no_grad(), self._model() as model:
+            batch = model.encode(examples, self.kind)
+            if self.kind == "classification":
+                return self._logits(model, batch).argmax(-1)
+            return outputs(model, self.params, batch)
+
+    def generate(self, prompts: list[str], max_new_tokens: int = 32) -> list[str]:
+        """Greedy decoding with the adapted parameters (no sampling, so results are reproducible)."""
+        from .generate import greedy
+
+        return greedy(self.learner.model, self.learner.adapted, self.params, prompts, max_new_tokens)
+
+    def as_module(self) -> nn.Module:
+        """Load the adapted tensors into the shared peft module and return it (e.g. for ``.generate``)."""
+        if self.use == "foundation":
+            raise ValueError("the guard kept the frozen foundation for this task: there are no adapted tensors to "
+                             "load; use predict(), or adapt with guard=False")
+        self.learner.write_params(self.params)
+        return self.learner.adapted.module
+
+
+def decide(learner: Any, task: Task, *, steps: Optional[int] = None, scale: float = 1.0, folds: Optional[int] = None,
+           margin: float = 0.0,
+           foundation_scores: Optional[Callable[[Task], dict]] = None) -> dict[str, Any]:
+    """``"meta"`` (adapt the meta-learned init) or ``"foundation"`` for one classification task, from its support.
+
+    Over ``tasks.support_folds`` (leave-one-shot-out; K >= 2), the init adapts ``steps`` steps (step sizes
+    times ``scale``) on each fold's rest and classifies its held-out examples; the foundation classifies
+    them too (default: frozen features with this learner's prototype head; ``foundation_scores(pseudo)``
+    gives another's accuracy and NLL). The task adapts only if the mean held-out accuracy is higher by more
+    than ``margin``; on a tie the lower NLL decides. The query set is never read.
+    """
+    if task.kind != "classification":
+        raise ValueError(f"the guard holds out support examples of a classification task, not {task.kind!r}")
+    if not 0 <= margin:
+        raise ValueError(f"margin={margin!r} is invalid: use a non-negative number")
+    meta, base = [], []
+    for pseudo in support_folds(task, folds):
+        episode = learner.episode(dataclasses.replace(pseudo, query=pseudo.support))  # adaptation sees the rest only
+        fast, _ = learner.adapt_params(episode, steps, scale)
+        with torch.no_grad():
+            query = learner.model.encode(pseudo.query, "classification")
+            meta.append(_scores(logits(learner.model, fast, query), query["label"]))
+        if foundation_scores is not None:
+            base.append(foundation_scores(pseudo))
+        else:
+            head = learner.foundation_head(pseudo)
+            with torch.no_grad(), learner.frozen() as frozen:
+                query = frozen.encode(pseudo.query, "classification")
+                base.append(_scores(head_logits(frozen, head, frozen.features(query)), query["label"]))
+    acc = {w: _mean([r["accuracy"] for r in rows]) for w, rows in (("meta", meta), ("foundation", base))}
+    nll = {w: _mean([r.get("nll", math.nan) for r in rows]) for w, rows in (("meta", meta), ("foundation", base))}
+    better = acc["meta"] - acc["foundation"] - margin
+    tie = math.isclose(better, 0.0, abs_tol=1e-9)
+    use = "meta" if better > 0 and not tie or tie and nll["meta"] <= nll["foundation"] else "foundation"
+    return {"use": use, "task_id": task.task_id, "held_out_accuracy": acc, "held_out_nll": nll, "folds": len(meta)}
+
+
+def guard_decision(learner: Any, task: Task, guard: Union[bool, str, None], steps: Optional[int],
+                   scale: float) -> dict[str, Any]:
+    """Which way ``Learner.adapt`` goes for ``task`` (``"meta"`` or ``"foundation"``) and why, per its ``guard``."""
+    if guard in ("meta", "foundation"):
+        return {"use": guard, "why": "a verdict given to adapt (guard=...)"}
+    if guard not in (None, True, False):
+        raise ValueError(f"guard={guard!r} is invalid: use True, False, 'meta' or 'foundation'")
+    recipe_guard = learner.recipe.guard if learner.recipe else True
+    if guard is False or (guard is None and not recipe_guard):
+        return {"use": "meta", "why": "unguarded (guard=False)"}
+    if task.kind != "classification" or learner.config.adapter.head != "prototype":
+        if guard:
+            raise ValueError("guard=True compares with the frozen foundation's prototype classifier, which needs a "
+                             "classification task and adapter.head='prototype'; pass guard=False")
+        return {"use": "meta", "why": f"no guard for a {task.kind} task"}
+    k = _min_shots(task)
+    if k < 2:
+        if guard:
+            raise ValueError(f"guard=True holds support examples out, which needs K >= 2 per class (this support "
+                             f"has {k}); pass guard=False, or a verdict ('meta' or 'foundation')")
+        return {"use": "meta", "why": "K = 1: no support example to hold out, so the guard cannot decide"}
+    recipe = learner.recipe
+    decision = decide(learner, task, steps=steps, scale=scale, folds=recipe.folds if recipe else None,
+                      margin=recipe.margin if recipe else 0.0)
+    acc = decision["held_out_accuracy"]
+    return {**decision, "why": f"held-out support accuracy: adapted {acc['meta']:.3f}, foundation "
+                               f"{acc['foundation']:.3f} over {decision['folds']} fold(s)"}
+
+
+def _scores(lg: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
+    """Accuracy and NLL of logits (n, n_way) against labels (n,), as ``eval.metrics.classification_scores``."""
+    lg = lg.float()
+    return {"accuracy": float((lg.argmax(-1) == true).float().mean()), "nll": float(F.cross_entropy(lg, true))}
+
+
+def _mean(values: list[float]) -> float:
+    return float(sum(values) / len(values)) if values else math.nan
+
+
+def _min_shots(task: Task) -> int:
+    """The fewest support examples of any class, class-name rows (``meta['name_rows']``) not counted."""
+    names = set(task.meta.get("name_rows", ()))
+    counts: dict[int, int] = {}
+    for i, y in enumerate(torch.as_tensor(task.support["label"]).tolist()):
+        if i not in names:
+            counts[int(y)] = counts.get(int(y), 0) + 1
+    return min(counts.values()) if counts else 0

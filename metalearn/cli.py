@@ -222,6 +222,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     baselines = [b.strip() for b in (args.baselines or "").split(",") if b.strip()]
     grid = None if args.lr_grid.strip().lower() == "none" else _floats(args.lr_grid, "--lr-grid")
     extra = dict(_key_value(kv) for kv in args.family_set)
+    setfit = _setfit_options(args.setfit_set)
     model = _model_option(args.model)
     learners, runs = {}, []
     for item in args.learner:
@@ -246,11 +247,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     results = evaluate(learners, family, baselines=baselines, steps=steps, shots=shots, episodes=args.episodes,
                        reference=args.reference, seed=args.seed, lr_grid=grid, val_episodes=args.val_episodes,
                        generate=not args.no_generate, max_new_tokens=args.max_new_tokens,
-                       output_dir=args.output_dir, progress=not args.quiet)
+                       output_dir=args.output_dir, progress=not args.quiet, workers=args.workers,
+                       setfit=setfit)
     print(results.table())
     if args.output_dir:
         print(f"\nresults, CSV and plots written to {args.output_dir}")
     return 0
+
+
+def _setfit_options(items: Sequence[str]) -> Any:
+    """``--setfit-set KEY=VALUE`` items as SetFitOptions (values read as YAML scalars), or None."""
+    if not items:
+        return None
+    from .eval import SetFitOptions
+
+    values = dict(_key_value(kv) for kv in items)
+    try:
+        return SetFitOptions(**values)
+    except TypeError as err:
+        raise ValueError(f"--setfit-set: {err}; the options are SetFitOptions' fields") from None
 
 
 def _factory(name: str, overrides: dict) -> Callable[[int], Any]:
@@ -323,7 +338,12 @@ def parser() -> argparse.ArgumentParser:
                    "k_shot=K); default: the family's own K")
     e.add_argument("--episodes", type=int, help="test episodes per shot count (default: 600; 100 for generation)")
     e.add_argument("--baselines", default="", help="comma-separated: zero_shot, in_context (causal LMs), "
-                   "prototypes and linear_probe (encoders), random_init (fresh PEFT, same steps)")
+                   "prototypes and linear_probe (encoders), random_init (fresh PEFT, same steps), setfit (SetFit "
+                   "per episode from the learner's encoder; pip install 'metalearn[setfit]')")
+    e.add_argument("--setfit-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a SetFit training option (SetFitOptions field), e.g. num_iterations=20; repeatable")
+    e.add_argument("--workers", type=int, default=1, help="forked processes sharing the test episodes "
+                   "(default: %(default)s)")
     e.add_argument("--reference", help="method that paired differences are taken against (default: random_init "
                    "when it runs)")
     e.add_argument("--lr-grid", default="0.1,0.3,1,3,10", help="multipliers of each method's inner step sizes "

@@ -155,7 +155,7 @@ def guard_decision(learner: Any, task: Task, guard: Union[bool, str, None], step
 def _scores(lg: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
     """Accuracy and NLL of logits (n, n_way) against labels (n,), as ``eval.metrics.classification_scores``."""
     lg = lg.float()
-    return {"accuracy": float((lg.argmax(-1) == true).float().mean()), "nll": float(F.cross_entropy(lg, true))}
+    return {"accuracy": float((lg.argmax(-1) == true).double().mean()), "nll": float(F.cross_entropy(lg, true))}
 
 
 def _mean(values: list[float]) -> float:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Optional, Union
 
 import torch
-from torch import nn
 from torch.func import vmap
 
 from . import adapters as adapters_mod
@@ -25,7 +24,7 @@ from . import card, files, quiet, saved
 from .guarded import AdaptedModel, guard_decision
 from .attention_masks import vmappable_masks
 from .config import Recipe, RunConfig
-from .functional import feature_loss, prototype_head, prototypes, task_loss
+from .functional import feature_loss, outputs, prototype_head, prototypes, task_loss
 from .inner import build as build_optimizer
 from .inner import initial_step_sizes, unroll
 from .inner.batched import unroll_batched

@@ -10,6 +10,7 @@ from .evaluate import DEFAULT_EPISODES, DEFAULT_LR_GRID, DEFAULT_STEPS, evaluate
 from .inputs import family_for_shots, sample_tasks
 from .recipe import tune_recipe
 from .results import EvalResults
+from .setfit_baseline import SetFitOptions
 
-__all__ = ["BASELINES", "DEFAULT_EPISODES", "DEFAULT_LR_GRID", "DEFAULT_STEPS", "EvalResults", "baselines", "evaluate",
-           "family_for_shots", "guard", "metrics", "report", "sample_tasks", "tune_recipe"]
+__all__ = ["BASELINES", "DEFAULT_EPISODES", "DEFAULT_LR_GRID", "DEFAULT_STEPS", "EvalResults", "SetFitOptions", "baselines",
+           "evaluate", "family_for_shots", "guard", "metrics", "report", "sample_tasks", "tune_recipe"]

@@ -7,6 +7,8 @@
 * ``in_context``: the frozen base with the support examples written into the prompt (causal LMs only).
 * ``prototypes``: cosine nearest-prototype on L2-normalized frozen features (encoders only).
 * ``linear_probe``: logistic regression (scikit-learn) fit on the frozen support features (encoders only).
+* ``setfit``: SetFit (Tunstall et al. 2022) trained per episode on the support set from the learner's own
+  encoder folder or Hub id (``setfit_baseline``; the optional extra ``metalearn[setfit]``).
 * ``random_init``: a fresh peft init (LoRA ``B = 0`` and a random ``A``, a random soft prompt, or a
   freshly initialized plain module; ``metalearn.views.random_init``) fine-tuned on the support set with the
   same inner loop, steps and learning-rate search as every other method.
@@ -26,11 +28,12 @@ from ..learner import Learner
 from ..model import TaskModel
 from ..tasks.task import Task
 from . import metrics
+from .setfit_baseline import SetFitOptions, check_setfit, setfit_scores
 
-__all__ = ["ADAPTING", "BASELINES", "FEATURE_BASELINES", "check_baseline", "feature_scores", "frozen_scores",
-           "in_context_prompts"]
+__all__ = ["ADAPTING", "BASELINES", "FEATURE_BASELINES", "check_baseline", "encoder_source", "feature_scores",
+           "frozen_scores", "in_context_prompts", "setfit_episode"]
 
-BASELINES = ("in_context", "linear_probe", "prototypes", "random_init", "zero_shot")
+BASELINES = ("in_context", "linear_probe", "prototypes", "random_init", "setfit", "zero_shot")
 ADAPTING = ("random_init",)
 """Baselines that run the inner loop (and so get a learning-rate search and one result per step count)."""
 FEATURE_BASELINES = ("linear_probe", "prototypes", "zero_shot")
@@ -41,6 +44,7 @@ _APPLIES = {
     "linear_probe": (("encoder",), "it fits a classifier on an encoder's pooled features"),
     "prototypes": (("encoder",), "it classifies an encoder's pooled features"),
     "random_init": (("causal", "encoder", "seq2seq", "module"), ""),
+    "setfit": (("encoder",), "it fine-tunes a sentence encoder"),
     "zero_shot": (("causal", "encoder", "seq2seq"), "a plain nn.Module has no frozen pretrained behaviour to score"),
 }
 
@@ -56,6 +60,10 @@ def check_baseline(name: str, model_type: str, kind: str) -> None:
                          f"baselines or use a {' / '.join(types)} model")
     if name in ("in_context",) and kind != "generation":
         raise ValueError(f"baseline {name!r} needs a generation family (prompt/completion), not {kind!r}; drop it")
+    if name == "setfit":
+        if kind != "classification":
+            raise ValueError(f"baseline 'setfit' classifies texts; a {kind!r} family has no classes: drop it")
+        check_setfit()
 
 
 # ---------------------------------------------------------------- frozen-base baselines
@@ -127,3 +135,22 @@ def feature_scores(name: str, frozen: TaskModel, fs: torch.Tensor, ys: torch.Ten
     out["accuracy"] = metrics.accuracy(pred, yq)
     out["macro_f1"] = metrics.macro_f1(pred, yq, n_way)
     return out
+
+
+# ---------------------------------------------------------------- SetFit
+
+
+def encoder_source(learner: Learner) -> str:
+    """The folder or Hub id the learner's encoder was loaded from (SetFit loads its own copy from there)."""
+    name = learner.config.base.name_or_path
+    if not name:
+        raise ValueError("baseline 'setfit' loads the learner's encoder by name, but this learner's base was built in "
+                         "memory (config.base.name_or_path is None); save the encoder with save_pretrained(folder) "
+                         "and fit with model_name=folder, or drop 'setfit'")
+    return name
+
+
+def setfit_episode(learner: Learner, task: Task, options: SetFitOptions, seed: int) -> dict[str, float]:
+    """SetFit trained on ``task.support`` from the learner's encoder, scored on ``task.query``."""
+    return setfit_scores(encoder_source(learner), list(task.support["text"]), np.asarray(task.support["label"]),
+                         list(task.query["text"]), np.asarray(task.query["label"]), task.n_way, options, seed)

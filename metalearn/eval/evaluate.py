@@ -29,6 +29,7 @@ from . import metrics
 from .inputs import FamilyOrFactory, check_inputs, sample_tasks, shots_label
 from .results import EvalResults, paired_differences, summarize
 from .runner import Run
+from .setfit_baseline import SetFitOptions
 
 __all__ = ["DEFAULT_EPISODES", "DEFAULT_LR_GRID", "DEFAULT_STEPS", "evaluate"]
 
@@ -39,6 +40,7 @@ DEFAULT_LR_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
 """Multipliers of each method's own inner step sizes (``config.inner.lr``, or Meta-SGD's learned ones)."""
 DEFAULT_EPISODES = {"classification": 600, "regression": 600, "generation": 100}
 """600 test episodes is the few-shot classification convention; greedy decoding makes generation costlier."""
+INTERVAL = "95% CI: mean ± 1.96·std/sqrt(n), sample std (ddof=1), normal approximation"
 
 
 def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: FamilyOrFactory, *,
@@ -47,7 +49,7 @@ def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: Famil
              reference: Optional[str] = None, seed: int = 0, lr_grid: Optional[Sequence[float]] = DEFAULT_LR_GRID,
              val_episodes: int = 32, generate: bool = True, max_new_tokens: Optional[int] = None,
              output_dir: Optional[str] = None, progress: bool = True, reuse: bool = True,
-             episode_batch: int = 1, workers: int = 1) -> EvalResults:
+             episode_batch: int = 1, workers: int = 1, setfit: Optional[SetFitOptions] = None) -> EvalResults:
     """Adapt each method on each held-out task's support set and score it on the query set.
 
     Args:
@@ -69,16 +71,17 @@ def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: Famil
         max_new_tokens: decoding budget; default from the support completions (never the query).
         output_dir: when given, results JSON/CSV, a markdown table and PNG plots are written there.
         reuse: do no work twice (the default): one adaptation trajectory per step size serves every step
-            count (the same numbers as separate runs), a prototype head's support forward serves the
-            first inner step too (the same numbers), and on an encoder's classification tasks the
-            non-adapting methods (frozen baselines, every learner at step 0) encode each text once per
-            run (``eval.features``; equal up to floating-point rounding). False recomputes everything per
-            step count and episode, the way it was first written (a cross-check, and the benchmark's "before").
+            count, a prototype head's support forward serves the first inner step, and frozen features are
+            encoded once per text (``eval.features``); the same numbers up to rounding. False recomputes all.
         episode_batch: test and val episodes adapted together in one batched computation (``vmap``);
             pays on accelerators; 1 adapts one episode at a time.
         workers: processes that adapt and score the test episodes in parallel, forked from this one (they
             inherit the models and caches) with one torch thread each; the same numbers as ``workers=1``.
             On CPU, small models gain far more from this than from intra-op threads.
+        setfit: the ``"setfit"`` baseline's training options (default: SetFit's own defaults).
+
+    Wall seconds per episode (adaptation and scoring) go to ``results.timing`` (``results.seconds``) and the
+    report's table.
 
     Example:
         >>> results = metalearn.evaluate({"maml": learner}, metalearn.tasks.load("sinusoid"),
@@ -88,6 +91,7 @@ def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: Famil
     learners, baselines, steps, families, n_test, base = check_inputs(
         methods, family, baselines, steps, shots, episodes, base, reference, lr_grid, val_episodes, output_dir, reuse,
         episode_batch, workers)
+    _check_setfit(baselines, base, setfit)
     shots_list = list(families)
     kind = families[shots_list[0]].kind
     n_test = n_test or DEFAULT_EPISODES[kind]
@@ -104,25 +108,40 @@ def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: Famil
     if reference is None and "random_init" in adapting and len(names) > 1:
         reference = "random_init"
 
-    records: list[dict] = []
-    tuning: list[dict] = []
+    records, tuning = [], []  # tuning: one row per method, shot count and tuned step count
     total = len(shots_list) * n_test * (len(adapting) * len(steps) + len(frozen_names))
     bar = progress_bar(total=total, desc="evaluate", disable=not progress)
-    run = Run(steps, tune, lr_grid, generate, max_new_tokens, reuse, episode_batch, bar, workers=workers)
+    run = Run(steps, tune, lr_grid, generate, max_new_tokens, reuse, episode_batch, bar, workers=workers,
+              setfit=setfit, seed=seed)
     with evaluation_mode(list(adapting.values()) + [base]):
         for k in shots_list:
             for name, learner in adapting.items():
                 records += run.adapting(name, learner, labels[k], vals[k], tests[k], tuning)
             records += run.frozen(frozen_names, base, labels[k], tests[k])
     bar.close()
-    settings = {"methods": names, "baselines": list(baselines), "steps": list(steps),
-                "shots": [labels[k] for k in shots_list], "episodes": n_test, "val_episodes": val_episodes if tune else 0,
-                "lr_grid": list(lr_grid) if tune else None, "seed": seed, "reference": reference, "kind": kind,
-                "model_type": base.model.model_type, "family": repr(families[shots_list[0]]), "generate": generate,
-                "primary_metric": metrics.PRIMARY[kind], "adapting": list(adapting),
-                "interval": "95% CI: mean ± 1.96·std/sqrt(n), sample std (ddof=1), normal approximation"}
+    settings = _settings(names, baselines, steps, [labels[k] for k in shots_list], n_test, val_episodes if tune else 0,
+                         list(lr_grid) if tune else None, seed, reference, kind, base, families[shots_list[0]],
+                         generate, list(adapting), setfit)
     results = EvalResults(records, summarize(records), paired_differences(records, reference), tuning, settings,
-                          {n: list(lr.history) for n, lr in learners.items() if lr.history})
+                          {n: list(lr.history) for n, lr in learners.items() if lr.history}, run.timing)
     if output_dir is not None:
         results.save(output_dir)
     return results
+
+
+def _check_setfit(baselines: Sequence[str], base: Learner, setfit: Optional[SetFitOptions]) -> None:
+    """Before any work: SetFit needs the encoder's folder or Hub id, and options of the right type."""
+    if "setfit" in baselines:
+        bl.encoder_source(base)  # a learner built in memory has no folder SetFit can load
+    if setfit is not None and not isinstance(setfit, SetFitOptions):
+        raise ValueError(f"setfit={setfit!r} is invalid: pass metalearn.eval.SetFitOptions(...) or None")
+
+
+def _settings(names, baselines, steps, shots, episodes, val_episodes, lr_grid, seed, reference, kind, base, family,
+              generate, adapting, setfit) -> dict:
+    """What the results record about how they were made (saved beside them in results.json)."""
+    return {"methods": names, "baselines": list(baselines), "steps": list(steps), "shots": shots, "episodes": episodes,
+            "val_episodes": val_episodes, "lr_grid": lr_grid, "seed": seed, "reference": reference, "kind": kind,
+            "model_type": base.model.model_type, "family": repr(family), "generate": generate,
+            "primary_metric": metrics.PRIMARY[kind], "adapting": adapting, "interval": INTERVAL,
+            "setfit": (setfit or SetFitOptions()).to_dict() if "setfit" in baselines else None}

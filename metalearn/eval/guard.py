@@ -24,12 +24,8 @@ tasks being decided into one verdict for the family (all adapt, none adapt, or e
 """
 from __future__ import annotations
 
-import dataclasses
-import math
 from typing import Any, Optional, Sequence
 
-import numpy as np
-import torch
 
 from .. import guarded
 from ..learner import Learner
@@ -191,4 +187,4 @@ def combine(results: EvalResults, meta: str, foundation: str, steps: int, choice
     records = results.records + added
     settings = {**results.settings, "methods": list(results.settings["methods"]) + [name]}
     return EvalResults(records, summarize(records), paired_differences(records, settings["reference"]),
-                       results.tuning, settings, results.histories)
+                       results.tuning, settings, results.histories, results.timing)

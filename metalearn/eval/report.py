@@ -29,6 +29,7 @@ class Results(Protocol):
     tuning: list[dict]
     settings: dict
     histories: dict[str, list[dict]]
+    timing: list[dict]
 
     @property
     def methods(self) -> list[str]: ...
@@ -78,7 +79,24 @@ def markdown(results: Results, metric: Union[str, Sequence[str], None] = None) -
                          if (m, shots, last, n) in summary else "—" for n in shown]
                 lines.append(f"| {m} | " + " | ".join(cells) + " |")
             lines.append("")
+        lines += _seconds_table(results, shots, k)
     return "\n".join(lines)
+
+
+def _seconds_table(results: Results, shots: Any, k: str) -> list[str]:
+    """Wall seconds per episode (adaptation + scoring), mean ± 95% CI, by method and step count."""
+    rows: dict[tuple[str, int], list[float]] = {}
+    for t in results.timing:
+        if t["shots"] == shots:
+            rows.setdefault((t["method"], t["steps"]), []).append(t["seconds"])
+    if not rows:
+        return []
+    steps = results.settings["steps"]
+    lines = [f"Seconds per episode (adapt + score){k}:", "", _steps_header(steps), "|---" * (len(steps) + 1) + "|"]
+    for m in results.methods:
+        cells = [_fmt(*metrics.mean_ci(rows[m, s])) if (m, s) in rows else "—" for s in steps]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _metric_tables(results: Results, summary: dict, metric: str, shots: Any, k: str) -> list[str]:
@@ -160,6 +178,7 @@ def write_all(results: Results, output_dir: str) -> dict[str, str]:
     paths = {name: os.path.join(output_dir, name) for name in
              ("results.json", "summary.csv", "paired.csv", "episodes.csv", "results.md")}
     payload = {"settings": results.settings, "summary": results.summary, "paired": results.paired,
+               "timing": results.timing,
                "tuning": results.tuning, "records": results.records}
     atomic_write(paths["results.json"], json.dumps(_clean(payload), indent=1, allow_nan=False))
     atomic_write(paths["summary.csv"], _csv(results.summary, ("method", "shots", "steps", "metric", "mean", "ci95", "n")))

@@ -21,7 +21,11 @@ __all__ = ["EvalResults", "paired_differences", "summarize"]
 
 @dataclass
 class EvalResults:
-    """Everything ``evaluate`` measured. ``records`` holds one row per (method, shots, steps, episode)."""
+    """Everything ``evaluate`` measured. ``records`` holds one row per (method, shots, steps, episode).
+
+    ``timing`` holds the wall seconds of each record's adaptation and scoring (kept apart from the scores,
+    which are reproducible where seconds are not); see :meth:`seconds`.
+    """
 
     records: list[dict]
     summary: list[dict]
@@ -29,6 +33,7 @@ class EvalResults:
     tuning: list[dict]
     settings: dict
     histories: dict[str, list[dict]] = field(default_factory=dict)
+    timing: list[dict] = field(default_factory=list)
 
     @property
     def methods(self) -> list[str]:
@@ -45,6 +50,19 @@ class EvalResults:
         shots = self.settings["shots"][0] if shots is None else shots
         row = self._find(self.summary, method=method, metric=metric, steps=steps, shots=shots)
         return row["mean"], row["ci95"]
+
+    def seconds(self, method: str, steps: int, shots: Optional[int] = None) -> tuple[float, float]:
+        """(mean, 95% half-width) wall seconds per episode to adapt ``method`` for ``steps`` steps and score it.
+
+        Adapting methods: the episode's share of one trajectory to the largest step count scored with the same
+        step size, plus scoring at ``steps``. Texts whose frozen features a run caches are encoded once per run,
+        outside these seconds (``reuse=False`` times every encoding).
+        """
+        shots = self.settings["shots"][0] if shots is None else shots
+        rows = [t["seconds"] for t in self.timing if t["method"] == method and t["steps"] == steps and t["shots"] == shots]
+        if not rows:
+            raise KeyError(f"no timing for method={method!r}, steps={steps}, shots={shots}")
+        return metrics.mean_ci(rows)
 
     def diff(self, method: str, metric: str, steps: int, shots: Optional[int] = None) -> tuple[float, float]:
         """Paired (mean, 95% half-width) of ``metric(method) - metric(reference)`` over the same episodes."""
@@ -80,7 +98,7 @@ class EvalResults:
                    for r in saved["records"]]
         settings = saved["settings"]
         return cls(records, summarize(records), paired_differences(records, settings.get("reference")),
-                   saved["tuning"], settings)
+                   saved["tuning"], settings, timing=saved.get("timing", []))
 
     def without(self, method: str) -> "EvalResults":
         """These results less ``method`` (say a guarded method, to add it again with another guard)."""
@@ -88,8 +106,9 @@ class EvalResults:
             raise ValueError(f"no method {method!r} in these results; they hold {self.methods}")
         records = [r for r in self.records if r["method"] != method]
         settings = {**self.settings, "methods": [m for m in self.methods if m != method]}
+        timing = [t for t in self.timing if t["method"] != method]
         return EvalResults(records, summarize(records), paired_differences(records, settings.get("reference")),
-                           self.tuning, settings, self.histories)
+                           self.tuning, settings, self.histories, timing)
 
 
 def summarize(records: list[dict]) -> list[dict]:

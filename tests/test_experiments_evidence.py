@@ -1,11 +1,11 @@
-"""The evidence examples run end to end in their --quick modes and write tables and plots that parse.
+"""The evidence experiments run end to end in their --quick modes and write tables and plots that parse.
 
-Each script is imported from ``examples/`` and its ``main(argv)`` called in this process (one import
-of torch/transformers for all of them), writing into a tmp folder.
+Each script is imported from the ``experiments`` package and its ``main(argv)`` called in this process (one
+import of torch/transformers for all of them), writing into a tmp folder.
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import math
 import os
@@ -13,15 +13,11 @@ import re
 
 import pytest
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 CELL = re.compile(r"^(-?\d+\.\d+) ± (\d+\.\d+|nan)$")
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(EXAMPLES, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"experiments.{name}")
 
 
 def _table_rows(path: str) -> dict[str, list[str]]:
@@ -48,7 +44,8 @@ def test_sinusoid_quick(tmp_path):
     for name in ("fig3.png", "eval/steps.png"):
         _png(os.path.join(out, name))
     rows = _table_rows(os.path.join(out, "table.md"))
-    for label in ("MAML", "first-order MAML", "Reptile", "Meta-SGD", "pretrained on all tasks (multitask)", "random init"):
+    for label in ("MAML", "first-order MAML", "Reptile", "Meta-SGD", "pretrained on all tasks (multitask)",
+                  "random init"):
         cells = rows[label]
         assert len(cells) == 6, (label, cells)  # K=5 and K=10 x 1, 5, 10 steps
         for cell in cells:
@@ -64,7 +61,8 @@ def test_sinusoid_quick(tmp_path):
     for k in (5, 10):
         diff = paired[("maml", k, 10)]
         assert diff["reference"] == "random_init"
-        assert diff["mean_diff"] + diff["ci95"] < 0, (k, diff, mse[f"maml/K={k}/steps=10"], mse[f"random_init/K={k}/steps=10"])
+        assert diff["mean_diff"] + diff["ci95"] < 0, (k, diff, mse[f"maml/K={k}/steps=10"],
+                                                      mse[f"random_init/K={k}/steps=10"])
 
 
 @pytest.mark.parametrize("family", ["substitution", "text_rules", "instruction_induction", "dialogsum"])
@@ -108,7 +106,8 @@ def test_adapter_sets_quick(tmp_path):
     payload = _script("adapter_sets").main(["--quick", "--quiet", "--output-dir", out])
     for name in ("table.md", "results.json", "eval/results.md"):
         assert os.path.exists(os.path.join(out, name)), name
-    assert [d for d in os.listdir(os.path.join(out, "base")) if os.path.exists(os.path.join(out, "base", d, "config.json"))]
+    bases = os.path.join(out, "base")
+    assert [d for d in os.listdir(bases) if os.path.exists(os.path.join(bases, d, "config.json"))]
     sets = ["lora", "prompt", "prefix", "lora+prompt", "lora+prefix"]
     assert len(set(payload["sizes"].values())) == 1 and sorted(payload["sizes"]) == sorted(sets)  # equal budgets
     rows = {name: cells for name, cells in _table_rows(os.path.join(out, "table.md")).items() if name != "set"}

@@ -17,43 +17,43 @@ the code sat in pretraining):
 * ``random_init`` a fresh peft init (LoRA B = 0, random prompt) fine-tuned with the same inner loop,
 * ``zero_shot`` the frozen base, no adapters; ``in_context`` the frozen base with the 8 examples in its prompt,
 are adapted on the support set of held-out test tasks and scored by greedy-decoding exact match,
-character-level ROUGE-L (partial credit) and completion NLL after 0, 1, 2, 5 and 10 inner steps (inner lr per method and step count
-picked on val tasks, from a small grid). The table ends with paired differences maml - multitask and
+character-level ROUGE-L (partial credit) and completion NLL after 0, 1, 2, 5 and 10 inner steps (inner lr per method
+and step count picked on val tasks, from a small grid). The table ends with paired differences maml - multitask and
 multitask - random_init (the issue-16 goal).
 
-    python examples/text_rules.py                    # the full run on CPU (about 5 minutes, pretraining included)
-    python examples/text_rules.py --quick            # a smoke run (about a minute; the base is cached)
-    python examples/text_rules.py --family text_rules   # the older rule family (reverse, sort, ...)
-    python examples/text_rules.py --quick --family instruction_induction   # the path on a real family
+    python -m experiments.text_rules                 # the full run on CPU (about 5 minutes, pretraining included)
+    python -m experiments.text_rules --quick         # a smoke run (about a minute; the base is cached)
+    python -m experiments.text_rules --family text_rules   # the older rule family (reverse, sort, ...)
+    python -m experiments.text_rules --quick --family instruction_induction   # the path on a real family
 
 With a GPU and the Hugging Face Hub, any causal LM by name (no pretraining step then)::
 
-    python examples/text_rules.py --model Qwen/Qwen2.5-0.5B --family instruction_induction \\
+    python -m experiments.text_rules --model Qwen/Qwen2.5-0.5B --family instruction_induction \\
         --meta-steps 500 --meta-batch 4 --episodes 100
-    python examples/text_rules.py --model Qwen/Qwen2.5-0.5B --family dialogsum --max-length 512
+    python -m experiments.text_rules --model Qwen/Qwen2.5-0.5B --family dialogsum --max-length 512
 
 Writes into ``--output-dir`` (default ``runs/<family>``): ``table.md``, ``results.json``, ``steps.png``
-(exact match, character-level ROUGE-L and NLL vs inner steps), ``eval/`` (the harness's full report), ``train/<method>/``
-(meta-training logs and curves) and, for the tiny model, ``pretrain.png``.
+(exact match, character-level ROUGE-L and NLL vs inner steps), ``eval/`` (the harness's full report),
+``train/<method>/`` (meta-training logs and curves) and, for the tiny model, ``pretrain.png``.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
-import sys
 import time
 
 import numpy as np
-import torch
 
 import metalearn
+from experiments import common
 from metalearn.eval.metrics import paired_ci
-from metalearn.pretrain import PretrainConfig, pretrained_base, table_accuracy
+from metalearn.pretrain import table_accuracy
 from metalearn.tasks import load
 
 METHODS = ("maml", "fomaml", "reptile", "multitask")
+BUDGETS = dict(pretrain_steps=(800, 3000), meta_steps=(60, 300), episodes=(8, 100), val_episodes=(2, 8))
+STEPS = ("0,5,10", "0,1,2,5,10")
+"""Inner step counts scored: (--quick, full)."""
 
 
 # ---------------------------------------------------------------- meta-training and evaluation
@@ -61,24 +61,17 @@ METHODS = ("maml", "fomaml", "reptile", "multitask")
 
 def fit_all(args, family, base_path: str) -> tuple[dict, dict]:
     """One Learner per method on the same frozen (NF4) base, LoRA + soft prompt."""
-    common = dict(model_name=base_path, quantization=args.quantization, lora_r=args.lora_r,
+    shared = dict(model_name=base_path, quantization=args.quantization, lora_r=args.lora_r,
                   target_modules=args.target_modules, prompt_tokens=args.prompt_tokens, inner_lr=args.inner_lr,
                   inner_optimizer=args.inner_optimizer, meta_batch=args.meta_batch, meta_lr=args.meta_lr,
                   outer_schedule="cosine", seed=args.seed, max_length=args.max_length)
-    learners, seconds = {}, {}
+    settings = {}
     for method in args.methods:
-        kw = dict(common, method=method, meta_steps=args.meta_steps,
-                  inner_steps=1 if method == "multitask" else args.inner_steps)
+        settings[method] = dict(shared, method=method, meta_steps=args.meta_steps,
+                                inner_steps=1 if method == "multitask" else args.inner_steps)
         if method == "maml" and args.truncate:
-            kw.update(inner_order="truncated", inner_truncate=args.truncate)
-        start = time.time()
-        learners[method] = metalearn.fit(family, progress=not args.quiet,
-                                         output_dir=os.path.join(args.output_dir, "train", method), **kw)
-        seconds[method] = time.time() - start
-        tail = np.mean([r["query_loss"] for r in learners[method].history[-20:]])
-        print(f"[train] {method}: {args.meta_steps} meta-steps in {seconds[method]:.0f}s, "
-              f"last train query NLL {tail:.3f}", flush=True)
-    return learners, seconds
+            settings[method].update(inner_order="truncated", inner_truncate=args.truncate)
+    return common.fit_each(family, settings, args)
 
 
 def table(results, metrics: list[str], steps: list[int], title: str) -> str:
@@ -90,11 +83,9 @@ def table(results, metrics: list[str], steps: list[int], title: str) -> str:
         cells = []
         for metric, s in cols:
             try:
-                mean, ci = results.score(name, metric, s)
+                cells.append(common.mean_ci(*results.score(name, metric, s)))
             except KeyError:
                 cells.append("—")
-                continue
-            cells.append(f"{mean:.3f} ± {ci:.3f}" if not math.isnan(ci) else f"{mean:.3f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -161,96 +152,56 @@ def plot(results, path: str, pretrain: dict | None) -> None:
 
 
 def parse(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="a smoke run: tiny budgets everywhere")
-    p.add_argument("--family", default="substitution", help="a built-in spec (substitution, text_rules, instruction_induction, "
-                   "dialogsum, ...) or a YAML spec path")
-    p.add_argument("--model", default=None, help="a causal LM by name or path; default: pretrain a tiny Llama here")
-    p.add_argument("--output-dir", default=None, help="default runs/<family>")
-    p.add_argument("--quantization", default="nf4", choices=["nf4", "int8", "none"])
+    p = common.parser(__doc__, show_defaults=True)
+    common.add_run_arguments(p, None, "a smoke run: tiny budgets everywhere",
+                             threads="torch CPU threads (0: torch's choice; tiny models gain nothing from more, and "
+                             "oversubscribed cores slow everything down)")
+    p.add_argument("--family", default="substitution", help="a built-in spec (substitution, text_rules, "
+                   "instruction_induction, dialogsum, ...) or a YAML spec path")
     p.add_argument("--methods", default="maml,fomaml,multitask", help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--baselines", default="random_init,zero_shot,in_context", help="comma-separated harness baselines")
-    p.add_argument("--pretrain-steps", type=int, default=None, help="tiny base only (default 3000; quick 800)")
     p.add_argument("--cache-dir", default=None, help="where pretrained tiny bases are kept, keyed by config and "
                    "family (default $METALEARN_CACHE/bases or ~/.cache/metalearn/bases)")
-    p.add_argument("--hidden", type=int, default=64, help="tiny base width")
-    p.add_argument("--layers", type=int, default=2, help="tiny base depth")
+    common.add_lm_arguments(p, BUDGETS, STEPS, lr_grid="0.3,1,3,10", quantizations=["nf4", "int8", "none"])
     p.add_argument("--lora-r", type=int, default=4)
     p.add_argument("--target-modules", default="q_proj,v_proj")
     p.add_argument("--prompt-tokens", type=int, default=6)
-    p.add_argument("--inner-steps", type=int, default=5, help="inner steps in meta-training")
     p.add_argument("--inner-lr", type=float, default=1e-2)
-    p.add_argument("--inner-optimizer", default="adam", choices=["sgd", "adam"])
     p.add_argument("--truncate", type=int, default=0, help="maml only: backpropagate through the last T steps")
-    p.add_argument("--meta-steps", type=int, default=None, help="default 300; quick 60")
-    p.add_argument("--meta-batch", type=int, default=4)
-    p.add_argument("--meta-lr", type=float, default=3e-3)
-    p.add_argument("--episodes", type=int, default=None, help="test episodes (default 100; quick 8)")
-    p.add_argument("--steps", default=None, help="inner step counts to score (default 0,1,2,5,10; quick 0,5,10)")
-    p.add_argument("--lr-grid", default="0.3,1,3,10", help="multipliers of inner_lr tried on val tasks ('' = none)")
-    p.add_argument("--val-episodes", type=int, default=None, help="val tasks for the lr search (default 8; quick 2)")
-    p.add_argument("--max-length", type=int, default=128, help="token budget per example")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's choice; tiny models gain "
-                   "nothing from more, and oversubscribed cores slow everything down)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.argv = common.argv_of(argv)
+    args.methods = common.choose(p, args.methods, METHODS, "method")
     args.baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
-    bad = [m for m in args.methods if m not in METHODS]
-    if bad:
-        p.error(f"unknown method(s) {bad}; choose from {list(METHODS)}")
     args.target_modules = [t.strip() for t in args.target_modules.split(",") if t.strip()]
-    args.quantization = None if args.quantization == "none" else args.quantization
-    q = args.quick
-    defaults = dict(pretrain_steps=(800, 3000), meta_steps=(60, 300), episodes=(8, 100), val_episodes=(2, 8))
-    for name, (quick, full) in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, quick if q else full)
-    args.steps = [int(s) for s in (args.steps or ("0,5,10" if q else "0,1,2,5,10")).split(",")]
-    args.lr_grid = [float(g) for g in args.lr_grid.split(",") if g.strip()] or None
+    common.resolve_lm_arguments(args, BUDGETS, STEPS)
     args.output_dir = args.output_dir or os.path.join("runs", os.path.basename(str(args.family)).split(".")[0])
     return args
 
 
-def main(argv=None) -> dict:
-    args = parse(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    os.makedirs(args.output_dir, exist_ok=True)
-    start = time.time()
-    family = load(args.family)
-    pretrain, base_skill = None, {}
-    if args.model is None:
-        config = PretrainConfig(hidden=args.hidden, layers=args.layers, steps=args.pretrain_steps, seed=args.seed,
-                                max_length=args.max_length)
-        print(f"[base] no --model: a tiny Llama ({args.hidden}d x {args.layers} layers, byte tokenizer) pretrained on "
-              f"{args.family} train tasks for {args.pretrain_steps} steps (cached by config); it stands in for a "
-              "pretrained foundation model", flush=True)
-        base_path, pretrain = pretrained_base(family, config, cache_dir=args.cache_dir, progress=not args.quiet)
-        print(f"[base] {base_path}: {pretrain['params']:,} parameters, "
-              f"{'loaded from the cache' if pretrain['cached'] else 'trained'} ({pretrain['seconds']:.0f}s of training), "
-              f"loss {np.mean(pretrain['losses'][:10]):.2f} -> {np.mean(pretrain['losses'][-50:]):.2f}; reloading it "
-              f"frozen in {args.quantization or 'full precision'}", flush=True)
-        if pretrain["table_codes"]:  # what the base can do when told the table, and when not
-            n = max(args.episodes // 4, 2)
-            base_skill = {"train, told the table": table_accuracy(base_path, family, "train", n, args.seed),
-                          "test, told the table": table_accuracy(base_path, family, "test", n, args.seed),
-                          "test, bare prompt": table_accuracy(base_path, family, "test", n, args.seed, codes=False)}
-            print("[base] exact match " + ", ".join(f"{k}: {v:.3f}" for k, v in base_skill.items()), flush=True)
-    else:
-        base_path = args.model
-    learners, train_seconds = fit_all(args, family, base_path)
-    t0 = time.time()
-    results = metalearn.evaluate(learners, family, baselines=args.baselines, steps=args.steps,
-                                 episodes=args.episodes, seed=args.seed, lr_grid=args.lr_grid,
-                                 val_episodes=args.val_episodes, progress=not args.quiet,
-                                 output_dir=os.path.join(args.output_dir, "eval"))
-    eval_seconds = time.time() - t0
-    plot(results, os.path.join(args.output_dir, "steps.png"), pretrain)
-    wall = time.time() - start
-    command = " ".join(["python examples/text_rules.py"] + (sys.argv[1:] if argv is None else list(argv)))
+def base(args, family) -> tuple[str, dict | None, dict]:
+    """The frozen base's path (--model, or a tiny Llama pretrained here), its pretraining record and what it can do."""
+    if args.model is not None:
+        return args.model, None, {}
+    print(f"[base] no --model: a tiny Llama ({args.hidden}d x {args.layers} layers, byte tokenizer) pretrained on "
+          f"{args.family} train tasks for {args.pretrain_steps} steps (cached by config); it stands in for a "
+          "pretrained foundation model", flush=True)
+    base_path, pretrain = common.tiny_base(args, family, args.cache_dir)
+    print(f"[base] {base_path}: {pretrain['params']:,} parameters, "
+          f"{'loaded from the cache' if pretrain['cached'] else 'trained'} ({pretrain['seconds']:.0f}s of training), "
+          f"loss {np.mean(pretrain['losses'][:10]):.2f} -> {np.mean(pretrain['losses'][-50:]):.2f}; reloading it "
+          f"frozen in {args.quantization or 'full precision'}", flush=True)
+    base_skill = {}
+    if pretrain["table_codes"]:  # what the base can do when told the table, and when not
+        n = max(args.episodes // 4, 2)
+        base_skill = {"train, told the table": table_accuracy(base_path, family, "train", n, args.seed),
+                      "test, told the table": table_accuracy(base_path, family, "test", n, args.seed),
+                      "test, bare prompt": table_accuracy(base_path, family, "test", n, args.seed, codes=False)}
+        print("[base] exact match " + ", ".join(f"{k}: {v:.3f}" for k, v in base_skill.items()), flush=True)
+    return base_path, pretrain, base_skill
+
+
+def header(args, family, pretrain: dict | None, base_skill: dict, seconds: dict) -> list[str]:
+    """The table's preamble: the command, the family, the base, meta-training and evaluation settings and times."""
     base_text = (f"a tiny Llama ({pretrain['params']:,} parameters, {args.hidden}d x {args.layers} layers, byte "
                  f"tokenizer) pretrained here for {args.pretrain_steps} steps ({pretrain['seconds']:.0f}s"
                  f"{', loaded from the cache in this run' if pretrain['cached'] else ''}) of next-token training on "
@@ -258,34 +209,46 @@ def main(argv=None) -> dict:
                  + (", each example preceded by its table as a code; exact match of the base (greedy, "
                     + ", ".join(f"{k}: {v:.3f}" for k, v in base_skill.items()) + ")" if base_skill else "")
                  + ", standing in for a pretrained foundation model" if pretrain else f"`{args.model}`")
-    header = [
-        f"Command: `{command}`", "",
+    quantization = ("NF4 (4-bit, double quantization)" if args.quantization == "nf4" else
+                    args.quantization or "full precision")
+    return [
+        f"Command: `{common.command('text_rules', args.argv)}`", "",
         f"Family: `{args.family}` ({family!r}). Base: {base_text}; frozen, "
-        f"{'NF4 (4-bit, double quantization)' if args.quantization == 'nf4' else args.quantization or 'full precision'}. "
-        f"Adapted: LoRA r={args.lora_r} on {', '.join(args.target_modules)} + a {args.prompt_tokens}-token soft prompt. "
+        f"{quantization}. Adapted: LoRA r={args.lora_r} on {', '.join(args.target_modules)} + a "
+        f"{args.prompt_tokens}-token soft prompt. "
         f"Meta-training: {args.meta_steps} meta-steps x {args.meta_batch} tasks, meta lr {args.meta_lr} (cosine), "
         f"inner loop {args.inner_steps} {args.inner_optimizer} steps at lr {args.inner_lr} "
-        f"({', '.join(f'{m} {s:.0f}s' for m, s in train_seconds.items())}). "
+        f"({', '.join(f'{m} {s:.0f}s' for m, s in seconds['train'].items())}). "
         f"Evaluation: {args.episodes} held-out test tasks, the same for every method; inner lr per method and step "
         + (f"count picked from x{args.lr_grid} on {args.val_episodes} val tasks" if args.lr_grid else "count fixed")
-        + f"; greedy decoding. Evaluation {eval_seconds:.0f}s, wall time {wall / 60:.1f} min.", ""]
+        + f"; greedy decoding. Evaluation {seconds['eval']:.0f}s, wall time {seconds['wall'] / 60:.1f} min.", ""]
+
+
+def main(argv=None) -> dict:
+    args = parse(argv)
+    start = common.setup(args)
+    family = load(args.family)
+    base_path, pretrain, base_skill = base(args, family)
+    learners, train_seconds = fit_all(args, family, base_path)
+    t0 = time.time()
+    results = metalearn.evaluate(learners, family, baselines=args.baselines, steps=args.steps,
+                                 episodes=args.episodes, seed=args.seed, lr_grid=args.lr_grid,
+                                 val_episodes=args.val_episodes, progress=not args.quiet,
+                                 output_dir=os.path.join(args.output_dir, "eval"))
+    seconds = {"train": train_seconds, "eval": time.time() - t0}
+    plot(results, os.path.join(args.output_dir, "steps.png"), pretrain)
+    seconds["wall"] = time.time() - start
     metrics = ["exact_match", "rougeL_char", "nll"]
-    text = "\n".join(header + [table(results, metrics, args.steps,
-                                     f"### Held-out {args.family} tasks: exact match, character-level ROUGE-L (higher is better), "
-                                     f"completion NLL per token (lower is better) after N inner steps; mean ± 95% CI "
-                                     f"over {args.episodes} episodes"), "",
-                               goal_table(results, args.steps), ""])
-    with open(os.path.join(args.output_dir, "table.md"), "w") as f:
-        f.write(text)
+    text = "\n".join(header(args, family, pretrain, base_skill, seconds) + [
+        table(results, metrics, args.steps, f"### Held-out {args.family} tasks: exact match, character-level "
+              f"ROUGE-L (higher is better), completion NLL per token (lower is better) after N inner steps; mean ± "
+              f"95% CI over {args.episodes} episodes"), "", goal_table(results, args.steps), ""])
     payload = {"settings": {k: v for k, v in vars(args).items()}, "train_seconds": train_seconds,
-               "eval_seconds": eval_seconds, "wall_seconds": wall,
+               "eval_seconds": seconds["eval"], "wall_seconds": seconds["wall"],
                "pretrain": {k: v for k, v in (pretrain or {}).items() if k != "losses"}, "base_skill": base_skill,
                "scores": {f"{m}/{metric}/steps={s}": results.score(m, metric, s)
                           for m in results.methods for metric in metrics for s in args.steps}}
-    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-        json.dump(payload, f, indent=1, default=str)
-    print(text)
-    return payload
+    return common.write_report(args.output_dir, text, payload)
 
 
 if __name__ == "__main__":

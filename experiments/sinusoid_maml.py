@@ -8,9 +8,9 @@ randomly initialized network. Every method is then adapted on the same held-out 
 K = 10 support points, plain SGD at the paper's fixed alpha = 0.01 (no learning-rate search; Meta-SGD uses
 its learned step sizes), and scored by MSE on 100 query points per task after 0, 1, 5 and 10 steps.
 
-    python examples/sinusoid_maml.py                 # the full run (about 10-15 minutes on 1 CPU core)
-    python examples/sinusoid_maml.py --quick         # a smoke run in well under a minute
-    python examples/sinusoid_maml.py --lr-search     # also report every method with the val-split lr search
+    python -m experiments.sinusoid_maml              # the full run (about 10-15 minutes on 1 CPU core)
+    python -m experiments.sinusoid_maml --quick      # a smoke run in well under a minute
+    python -m experiments.sinusoid_maml --lr-search  # also report every method with the val-split lr search
 
 Writes into ``--output-dir`` (default ``runs/sinusoid_maml``): ``table.md`` (the paper-style table),
 ``results.json`` (the same numbers), ``fig3.png`` (true sine, K support points and the MAML / pretrained
@@ -25,10 +25,8 @@ steps but overshoots by 10 steps at alpha = 0.01).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -36,6 +34,7 @@ import torch
 from torch import nn
 
 import metalearn
+from experiments import common
 from metalearn.tasks import Sinusoid
 
 PAPER_K5 = {"maml": (0.67, 0.38, 0.35), "multitask": (2.41, 2.23, 2.19)}
@@ -45,6 +44,7 @@ METHODS = ("maml", "fomaml", "reptile", "metasgd", "multitask")
 LABELS = {"maml": "MAML", "fomaml": "first-order MAML", "reptile": "Reptile", "metasgd": "Meta-SGD",
           "multitask": "pretrained on all tasks (multitask)", "random_init": "random init"}
 ALPHA = 0.01  # the paper's inner step size, for training and evaluation
+BUDGETS = dict(meta_steps=(100, 4000), multitask_steps=(50, 1000), episodes=(40, 600))
 
 
 def _num(value: float):
@@ -60,7 +60,7 @@ def mlp(seed: int) -> nn.Module:
 
 def settings(args: argparse.Namespace) -> dict:
     """Training settings per method (the same for all but the inner loop Reptile needs)."""
-    common = dict(inner_lr=ALPHA, meta_batch=args.meta_batch, meta_lr=args.meta_lr, outer_schedule="cosine",
+    shared = dict(inner_lr=ALPHA, meta_batch=args.meta_batch, meta_lr=args.meta_lr, outer_schedule="cosine",
                   outer_clip_norm=args.clip_norm, seed=args.seed)
     out = {}
     for method in args.methods:
@@ -71,21 +71,12 @@ def settings(args: argparse.Namespace) -> dict:
         if method == "multitask":
             inner_steps = 1  # no inner loop in training; 1 keeps the step size alpha for evaluation
             steps = args.multitask_steps  # joint regression converges fast and cannot be task-batched
-        out[method] = dict(common, method=method, inner_steps=inner_steps, meta_steps=steps)
+        out[method] = dict(shared, method=method, inner_steps=inner_steps, meta_steps=steps)
     return out
 
 
 def train(args: argparse.Namespace, family: Sinusoid) -> tuple[dict, dict]:
-    learners, times = {}, {}
-    for method, kw in settings(args).items():
-        start = time.time()
-        learners[method] = metalearn.fit(family, model=mlp(args.seed), progress=not args.quiet,
-                                         output_dir=os.path.join(args.output_dir, "train", method), **kw)
-        times[method] = time.time() - start
-        last = np.mean([r["query_loss"] for r in learners[method].history[-50:]])
-        print(f"[train] {method}: {kw['meta_steps']} meta-steps x {kw['meta_batch']} tasks in {times[method]:.0f}s, "
-              f"final train query MSE {last:.3f}", flush=True)
-    return learners, times
+    return common.fit_each(family, settings(args), args, tail=50, model=lambda: mlp(args.seed))
 
 
 def paper_table(results, methods: list[str], shots: list[int], steps: list[int], title: str) -> str:
@@ -142,49 +133,36 @@ def fig3(learners: dict, family: Sinusoid, path: str, seed: int, k: int = 5) -> 
 
 
 def parse(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a smoke run: few meta-steps and episodes")
-    parser.add_argument("--output-dir", default="runs/sinusoid_maml")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
-    parser.add_argument("--meta-steps", type=int, default=None, help="meta-iterations per method (default 4000; quick 100)")
-    parser.add_argument("--meta-batch", type=int, default=25, help="tasks per meta-step (paper: 25)")
-    parser.add_argument("--meta-lr", type=float, default=1e-2, help="Adam meta lr, cosine-decayed")
-    parser.add_argument("--clip-norm", type=float, default=1.0,
-                        help="meta-gradient norm clip (0: none); without it a 1-step init overshoots at 10 steps")
-    parser.add_argument("--multitask-steps", type=int, default=None,
-                        help="steps of the pretrained-on-all-tasks baseline (default 1000; quick 50)")
-    parser.add_argument("--inner-steps", type=int, default=1, help="inner steps in meta-training (paper: 1)")
-    parser.add_argument("--reptile-inner-steps", type=int, default=5, help="Reptile's inner steps in training")
-    parser.add_argument("--episodes", type=int, default=None, help="test episodes per K (default 600; quick 40)")
-    parser.add_argument("--query", type=int, default=100, help="query points per test task for the MSE")
-    parser.add_argument("--lr-search", action="store_true", help="also evaluate with the val-split inner-lr search")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (a tiny MLP gains nothing from more)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in args.methods if m not in METHODS]
-    if unknown:
-        parser.error(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
-    if args.meta_steps is None:
-        args.meta_steps = 100 if args.quick else 4000
-    if args.multitask_steps is None:
-        args.multitask_steps = 50 if args.quick else 1000
+    p = common.parser(__doc__, show_defaults=True)
+    common.add_run_arguments(p, "runs/sinusoid_maml", "a smoke run: few meta-steps and episodes",
+                             threads="torch CPU threads (a tiny MLP gains nothing from more)")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    p.add_argument("--meta-steps", type=int, default=None,
+                   help=f"meta-iterations per method ({common.budget_help(BUDGETS, 'meta_steps')})")
+    p.add_argument("--meta-batch", type=int, default=25, help="tasks per meta-step (paper: 25)")
+    p.add_argument("--meta-lr", type=float, default=1e-2, help="Adam meta lr, cosine-decayed")
+    p.add_argument("--clip-norm", type=float, default=1.0,
+                   help="meta-gradient norm clip (0: none); without it a 1-step init overshoots at 10 steps")
+    p.add_argument("--multitask-steps", type=int, default=None,
+                   help="steps of the pretrained-on-all-tasks baseline "
+                   f"({common.budget_help(BUDGETS, 'multitask_steps')})")
+    p.add_argument("--inner-steps", type=int, default=1, help="inner steps in meta-training (paper: 1)")
+    p.add_argument("--reptile-inner-steps", type=int, default=5, help="Reptile's inner steps in training")
+    p.add_argument("--episodes", type=int, default=None,
+                   help=f"test episodes per K ({common.budget_help(BUDGETS, 'episodes')})")
+    p.add_argument("--query", type=int, default=100, help="query points per test task for the MSE")
+    p.add_argument("--lr-search", action="store_true", help="also evaluate with the val-split inner-lr search")
+    args = p.parse_args(argv)
+    args.argv = common.argv_of(argv)
+    args.methods = common.choose(p, args.methods, METHODS, "method")
+    common.fill_budgets(args, BUDGETS)
     args.clip_norm = args.clip_norm or None
-    if args.episodes is None:
-        args.episodes = 40 if args.quick else 600
     return args
 
 
-def main(argv=None) -> dict:
-    args = parse(argv)
-    torch.set_num_threads(args.threads)
-    os.makedirs(args.output_dir, exist_ok=True)
-    start = time.time()
-    train_family = Sinusoid(k_shot=10, q_query=10, seed=args.seed)  # the paper meta-trains with K = 10
-    test_family = Sinusoid(k_shot=10, q_query=args.query, seed=args.seed)
-    learners, train_times = train(args, train_family)
+def evaluate(args: argparse.Namespace, learners: dict, family: Sinusoid) -> tuple[list[str], dict]:
+    """Every method on the same test tasks at K = 5 and 10: at the paper's fixed alpha (and with --lr-search, with
+    the val-split lr search); the tables and the scores."""
     shots, steps = [5, 10], [0, 1, 5, 10]
     evals = {"fixed_lr": dict(lr_grid=None)}
     if args.lr_search:
@@ -192,18 +170,18 @@ def main(argv=None) -> dict:
     tables, summaries = [], {}
     for name, extra in evals.items():
         t0 = time.time()
-        res = metalearn.evaluate(learners, test_family, baselines=["random_init"], steps=steps, shots=shots,
+        res = metalearn.evaluate(learners, family, baselines=["random_init"], steps=steps, shots=shots,
                                  episodes=args.episodes, seed=args.seed, progress=not args.quiet,
-                                 output_dir=os.path.join(args.output_dir, "eval" if name == "fixed_lr" else "eval_lr_search"),
-                                 **extra)
+                                 output_dir=os.path.join(args.output_dir, "eval" if name == "fixed_lr" else
+                                                         "eval_lr_search"), **extra)
         methods = list(learners) + ["random_init"]
         what = ("fixed inner step size alpha = 0.01 for every method (Meta-SGD: its learned step sizes), "
                 "no learning-rate search" if name == "fixed_lr" else
                 "inner learning rate per method and step count chosen on 32 val tasks (grid x0.1..x10)")
         diverged = sorted({LABELS[m] for m in methods for k in shots for s in steps
                            if not (math.isfinite(res.score(m, "mse", s, k)[0]) and res.score(m, "mse", s, k)[0] < 1e3)})
-        note = (f"\n\n*diverged*: mean MSE above 1e3 or not finite ({', '.join(diverged)}). An init (and Meta-SGD's learned step "
-                "sizes) meta-trained for a few inner steps can overshoot when adapted for many more."
+        note = (f"\n\n*diverged*: mean MSE above 1e3 or not finite ({', '.join(diverged)}). An init (and Meta-SGD's "
+                "learned step sizes) meta-trained for a few inner steps can overshoot when adapted for many more."
                 if diverged else "")
         tables.append(paper_table(res, methods, shots, [1, 5, 10],
                                   f"### Sinusoid MSE (lower is better), {what}; mean ± 95% CI over "
@@ -211,29 +189,35 @@ def main(argv=None) -> dict:
         summaries[name] = {f"{m}/K={k}/steps={s}": res.score(m, "mse", s, k) for m in methods for k in shots
                            for s in steps}
         print(f"[eval] {name}: {time.time() - t0:.0f}s", flush=True)
+    return tables, summaries
+
+
+def main(argv=None) -> dict:
+    args = parse(argv)
+    start = common.setup(args)
+    train_family = Sinusoid(k_shot=10, q_query=10, seed=args.seed)  # the paper meta-trains with K = 10
+    test_family = Sinusoid(k_shot=10, q_query=args.query, seed=args.seed)
+    learners, train_times = train(args, train_family)
+    tables, summaries = evaluate(args, learners, test_family)
     fig3(learners, test_family, os.path.join(args.output_dir, "fig3.png"), args.seed)
     wall = time.time() - start
     cfg = settings(args)
-    header = [f"Command: `python {' '.join(['examples/sinusoid_maml.py'] + (sys.argv[1:] if argv is None else list(argv)))}`",
+    header = [f"Command: `{common.command('sinusoid_maml', args.argv)}`",
               "",
               f"Meta-training: K = 10, alpha = {ALPHA}, MSE, meta-batch {args.meta_batch}, Adam meta lr {args.meta_lr} "
               f"with cosine decay, meta-gradient norm clipped at {args.clip_norm}, {args.meta_steps} "
-              f"meta-steps per method (pretrained baseline: {args.multitask_steps}; paper: 70,000); inner steps in training: {args.inner_steps} (Reptile: "
+              f"meta-steps per method (pretrained baseline: {args.multitask_steps}; paper: 70,000); inner steps in "
+              f"training: {args.inner_steps} (Reptile: "
               f"{cfg.get('reptile', {}).get('inner_steps', args.reptile_inner_steps)}). "
               f"Test: {args.episodes} tasks per K, the same tasks for every method, "
               f"{args.query} query points each. Wall time {wall / 60:.1f} min "
               f"(training: " + ", ".join(f"{m} {t:.0f}s" for m, t in train_times.items()) + ").", ""]
     text = "\n".join(header + ["\n\n".join(tables), ""])
-    with open(os.path.join(args.output_dir, "table.md"), "w") as f:
-        f.write(text)
     payload = {"settings": {k: v for k, v in vars(args).items()}, "train": cfg, "train_seconds": train_times,
                "wall_seconds": wall, "paper_k5": PAPER_K5,
                "mse": {name: {key: {"mean": _num(m), "ci95": _num(c)} for key, (m, c) in s.items()}
                        for name, s in summaries.items()}}
-    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-        json.dump(payload, f, indent=1)
-    print(text)
-    return payload
+    return common.write_report(args.output_dir, text, payload)
 
 
 if __name__ == "__main__":

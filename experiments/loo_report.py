@@ -1,16 +1,19 @@
-"""The leave-one-data-set-out example's report: tables, heat-map and the commands that made them.
+"""The leave-one-data-set-out experiment's report: tables, heat-map and the commands that made them.
 
-Split from ``leave_one_out.py`` (which runs the experiment); reads only the summary it writes.
+Split from ``leave_one_out.py`` (which runs the experiment); reads only the summary it writes. As a command, it
+compares two runs' cells episode by episode (``across``)::
+
+    python -m experiments.loo_report runs/a/huffpost_in/huffpost_in_5way_5shot runs/b/huffpost_in/huffpost_in_5way_5shot
 """
 from __future__ import annotations
 
 import os
 import re
-import shlex
 
+from experiments import common
 from metalearn.eval import EvalResults
-from metalearn.eval.evaluate import paired_differences
-from metalearn.eval.report import atomic_write
+from metalearn.eval.results import paired_differences
+from metalearn.files import atomic_write
 
 
 def checkout() -> str:
@@ -101,12 +104,12 @@ def report(summary: dict, out: str) -> str:
     args = summary["args"]
     runs = summary.get("runs") or [{"argv": args["argv"], "minutes": summary.get("minutes")}]
 
-    def command(run: dict) -> str:
+    def quoted(run: dict) -> str:
         notes = ([f"{run['minutes']:.1f} min wall time"] if run.get("minutes") else []) + (
             [f"code {run['code']}"] if run.get("code") else [])
-        return f"`python examples/leave_one_out.py {shlex.join(run['argv'])}`" + (f" ({', '.join(notes)})" if notes else "")
+        return f"`{common.command('leave_one_out', run['argv'])}`" + (f" ({', '.join(notes)})" if notes else "")
 
-    commands = "; then ".join(command(r) for r in runs)
+    commands = "; then ".join(quoted(r) for r in runs)
     text = (f"# Leave one data set out, all-MiniLM-L6-v2 in NF4\n\n"
             f"{args['episodes']} paired test episodes per cell, 5 queries per class; adapting methods after the step "
             f"count shown, inner learning rates chosen on validation episodes by accuracy.\n"

@@ -21,8 +21,8 @@ tensor is meta-learned, so no set is held back by a step size chosen for another
 on the support sets of the same held-out rule instances and scored by completion NLL (mean ± 95% CI)
 and greedy exact match after 0, 1 and 5 inner steps; paired differences are taken against ``lora``.
 
-    python examples/adapter_sets.py                 # the full run on CPU (about 10 minutes of CPU)
-    python examples/adapter_sets.py --quick         # a smoke run in under a minute
+    python -m experiments.adapter_sets              # the full run on CPU (about 10 minutes of CPU)
+    python -m experiments.adapter_sets --quick      # a smoke run in under a minute
 
 Writes ``table.md``, ``results.json`` and ``eval/`` (the harness's full report) into ``--output-dir``
 (default ``runs/adapter_sets``).
@@ -30,20 +30,17 @@ Writes ``table.md``, ``results.json`` and ``eval/`` (the harness's full report) 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
-import sys
 import time
 
-import numpy as np
-import torch
-
 import metalearn
-from metalearn.pretrain import PretrainConfig, pretrained_base  # the stand-in base of the examples
+from experiments import common
 from metalearn.tasks import load
 
 SETS = ("lora", "prompt", "prefix", "lora+prompt", "lora+prefix")
+BUDGETS = dict(pretrain_steps=(40, 1500), meta_steps=(3, 300), episodes=(3, 100), val_episodes=(2, 8))
+STEPS = ("0,1", "0,1,5")
+"""Inner step counts scored: (--quick, full)."""
 
 
 def set_settings(r: int, layers: int, prompt_text: str) -> dict[str, dict]:
@@ -62,22 +59,16 @@ def n_params(learner) -> int:
 
 
 def fit_sets(args, family, base_path: str, layers: int) -> tuple[dict, dict, dict]:
-    common = dict(model_name=base_path, quantization=args.quantization, target_modules=["q_proj", "v_proj"],
+    shared = dict(model_name=base_path, quantization=args.quantization, target_modules=["q_proj", "v_proj"],
                   method="metasgd", inner_order="first", inner_steps=args.inner_steps, inner_lr=args.inner_lr,
                   inner_optimizer=args.inner_optimizer,
                   meta_batch=args.meta_batch, meta_lr=args.meta_lr, meta_steps=args.meta_steps,
                   outer_schedule="cosine", seed=args.seed, max_length=args.max_length)
-    learners, seconds, sizes = {}, {}, {}
-    for name, extra in set_settings(args.lora_r, layers, args.prompt_init_text).items():
-        if name not in args.sets:
-            continue
-        start = time.time()
-        learners[name] = metalearn.fit(family, progress=not args.quiet, **common, **extra,
-                                       output_dir=os.path.join(args.output_dir, "train", name))
-        seconds[name], sizes[name] = time.time() - start, n_params(learners[name])
-        tail = np.mean([r["query_loss"] for r in learners[name].history[-20:]])
-        print(f"[train] {name}: {sizes[name]:,} parameters, {args.meta_steps} meta-steps in {seconds[name]:.0f}s, "
-              f"last train query NLL {tail:.3f}", flush=True)
+    settings = {name: dict(shared, **extra) for name, extra in
+                set_settings(args.lora_r, layers, args.prompt_init_text).items() if name in args.sets}
+    learners, seconds = common.fit_each(family, settings, args)
+    sizes = {name: n_params(learner) for name, learner in learners.items()}
+    print("[train] parameters: " + ", ".join(f"{name} {size:,}" for name, size in sizes.items()), flush=True)
     return learners, seconds, sizes
 
 
@@ -89,8 +80,7 @@ def table(results, sizes: dict, steps: list[int], title: str) -> str:
     for name in results.methods:
         cells = [name, f"{sizes[name]:,}" if name in sizes else "—"]
         for metric, s in cols:
-            mean, ci = results.score(name, metric, s)
-            cells.append(f"{mean:.3f} ± {ci:.3f}" if not math.isnan(ci) else f"{mean:.3f}")
+            cells.append(common.mean_ci(*results.score(name, metric, s)))
         try:
             mean, ci = results.diff(name, "nll", steps[-1])
             cells.append(f"{mean:+.3f} ± {ci:.3f}")
@@ -101,62 +91,32 @@ def table(results, sizes: dict, steps: list[int], title: str) -> str:
 
 
 def parse(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="a smoke run: tiny budgets everywhere")
-    p.add_argument("--model", default=None, help="a causal LM by name or path; default: pretrain a tiny Llama here")
-    p.add_argument("--output-dir", default="runs/adapter_sets")
-    p.add_argument("--quantization", default="nf4", choices=["nf4", "none"])
+    p = common.parser(__doc__, show_defaults=True)
+    common.add_run_arguments(p, "runs/adapter_sets", "a smoke run: tiny budgets everywhere")
     p.add_argument("--sets", default=",".join(SETS), help="comma-separated subset of " + ",".join(SETS))
-    p.add_argument("--pretrain-steps", type=int, default=None, help="tiny base only (default 1500; quick 40)")
-    p.add_argument("--hidden", type=int, default=64, help="tiny base width")
-    p.add_argument("--layers", type=int, default=2, help="tiny base depth")
+    common.add_lm_arguments(p, BUDGETS, STEPS, lr_grid="0.3,1,3", quantizations=["nf4", "none"])
     p.add_argument("--lora-r", type=int, default=4, help="LoRA rank of the lora set; sets the common budget")
     p.add_argument("--prompt-init-text", default="abcdefgh=", help="soft prompt init: this text's embeddings")
-    p.add_argument("--inner-steps", type=int, default=5, help="inner steps in meta-training")
     p.add_argument("--inner-lr", type=float, default=0.01, help="initial inner step size (then meta-learned)")
-    p.add_argument("--inner-optimizer", default="adam", choices=["sgd", "adam"])
-    p.add_argument("--meta-steps", type=int, default=None, help="default 300; quick 3")
-    p.add_argument("--meta-batch", type=int, default=4)
-    p.add_argument("--meta-lr", type=float, default=3e-3)
-    p.add_argument("--episodes", type=int, default=None, help="test episodes (default 100; quick 3)")
-    p.add_argument("--steps", default=None, help="inner step counts to score (default 0,1,5; quick 0,1)")
-    p.add_argument("--lr-grid", default="0.3,1,3", help="multipliers of the step sizes tried on val tasks ('' = none)")
-    p.add_argument("--val-episodes", type=int, default=None, help="val tasks for the lr search (default 8; quick 2)")
-    p.add_argument("--max-length", type=int, default=128, help="token budget per example")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's choice)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    args.sets = [s.strip() for s in args.sets.split(",") if s.strip()]
-    bad = [s for s in args.sets if s not in SETS]
-    if bad or not args.sets:
-        p.error(f"unknown set(s) {bad}; choose from {list(SETS)}")
+    args.argv = common.argv_of(argv)
+    args.sets = common.choose(p, args.sets, SETS, "set")
     if args.lora_r < 2 or args.lora_r % 2:
         p.error(f"--lora-r={args.lora_r} is invalid: use an even rank >= 2 (the LoRA pairs take rank r/2)")
-    args.quantization = None if args.quantization == "none" else args.quantization
-    defaults = dict(pretrain_steps=(40, 1500), meta_steps=(3, 300), episodes=(3, 100), val_episodes=(2, 8))
-    for name, (quick, full) in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else full)
-    args.steps = [int(s) for s in (args.steps or ("0,1" if args.quick else "0,1,5")).split(",")]
-    args.lr_grid = [float(g) for g in args.lr_grid.split(",") if g.strip()] or None
+    common.resolve_lm_arguments(args, BUDGETS, STEPS)
     return args
 
 
 def main(argv=None) -> dict:
     args = parse(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    os.makedirs(args.output_dir, exist_ok=True)
-    start = time.time()
+    start = common.setup(args)
     family = load("text_rules")
     pretrain = None
     if args.model is None:
-        config = PretrainConfig(hidden=args.hidden, layers=args.layers, steps=args.pretrain_steps, batch=64, lr=3e-3,
-                                seed=args.seed, max_length=args.max_length, warmup=50)
-        base_path, pretrain = pretrained_base(family, config, cache_dir=os.path.join(args.output_dir, "base"))
-        print(f"[base] tiny Llama, {pretrain['params']:,} parameters, pretrained {pretrain['seconds']:.0f}s", flush=True)
+        base_path, pretrain = common.tiny_base(args, family, os.path.join(args.output_dir, "base"), batch=64, lr=3e-3,
+                                               warmup=50)
+        print(f"[base] tiny Llama, {pretrain['params']:,} parameters, pretrained {pretrain['seconds']:.0f}s",
+              flush=True)
     else:
         base_path = args.model
     from transformers import AutoConfig
@@ -171,11 +131,11 @@ def main(argv=None) -> dict:
     eval_seconds = time.time() - t0
     wall = time.time() - start
     cpu = time.process_time()
-    command = " ".join(["python examples/adapter_sets.py"] + (sys.argv[1:] if argv is None else list(argv)))
     base_text = (f"a tiny Llama ({pretrain['params']:,} parameters, {args.hidden}d x {args.layers} layers) pretrained "
-                 f"here for {args.pretrain_steps} steps on the family's train strings" if pretrain else f"`{args.model}`")
+                 f"here for {args.pretrain_steps} steps on the family's train strings"
+                 if pretrain else f"`{args.model}`")
     header = [
-        f"Command: `{command}`", "",
+        f"Command: `{common.command('adapter_sets', args.argv)}`", "",
         f"Family: `text_rules`. Base: {base_text}; frozen, {args.quantization or 'full precision'}. Every set has "
         f"the budget of LoRA r={args.lora_r} on q_proj, v_proj; inits: LoRA B = 0, soft prompt from the embeddings "
         f"of {args.prompt_init_text!r}, prefix at zero. Meta-training: first-order Meta-SGD, "
@@ -190,16 +150,11 @@ def main(argv=None) -> dict:
                                      f"### Held-out text_rules tasks: completion NLL per token (lower is better) "
                                      f"and exact match after N inner steps; mean ± 95% CI over {args.episodes} "
                                      f"episodes; Δ: paired difference to lora"), ""])
-    with open(os.path.join(args.output_dir, "table.md"), "w") as f:
-        f.write(text)
     payload = {"settings": vars(args), "sizes": sizes, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
                "wall_seconds": wall, "cpu_seconds": cpu,
                "scores": {f"{m}/{metric}/steps={s}": results.score(m, metric, s)
                           for m in results.methods for metric in ("nll", "exact_match") for s in args.steps}}
-    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-        json.dump(payload, f, indent=1, default=str)
-    print(text)
-    return payload
+    return common.write_report(args.output_dir, text, payload)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,18 @@
-"""The leave-one-data-set-out example: --quick end to end on the real encoder and data; rows and bad input."""
+"""The leave-one-data-set-out experiment: --quick end to end on the real encoder and data; rows and bad input."""
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
+
+from experiments import leave_one_out
+from experiments.loo_report import across, cell_order
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def example():
-    sys.path.insert(0, os.path.join(ROOT, "examples"))
-    try:
-        import leave_one_out
-    finally:
-        sys.path.pop(0)
     return leave_one_out
 
 
@@ -26,7 +23,8 @@ def test_leave_one_out_quick(tmp_path):
     rows = [r for r in summary["rows"] if not r.get("paired")]
     assert {r["cell"] for r in rows} == {"huffpost 5w1s", "huffpost 5w2s"}
     methods = {r["method"] for r in rows}
-    assert {"protomaml", "protonet", "finetune", "random_init", "prototypes", "linear_probe", "protomaml+guard"} == methods
+    assert {"protomaml", "protonet", "finetune", "random_init", "prototypes", "linear_probe",
+            "protomaml+guard"} == methods
     assert all(0.0 <= r["mean"] <= 1.0 for r in rows)
     paired = [r for r in summary["rows"] if r.get("paired")]
     assert {r["reference"] for r in paired} == {"prototypes", "protonet (0 steps)", "protonet (1 steps)"}
@@ -43,7 +41,6 @@ def test_leave_one_out_quick(tmp_path):
     assert {r["method"] for r in saved["records"]} >= {"protomaml+guard", "finetune"}
 
     # two runs' cells compared episode by episode (loo_report.across); here a run against an edited copy of itself
-    from loo_report import across
     cell = out / "huffpost_loo" / "huffpost_5way_2shot"
     same = across(str(cell), str(cell))
     assert {r["method"] for r in same} >= {"protomaml", "protonet", "prototypes", "protomaml+guard"}
@@ -103,7 +100,8 @@ def test_rows_sources_and_targets():
     assert target.classes("test") == clinc.classes("test") and target.classes("val") == clinc.classes("val")
     held_out = loo.target_for(rows[0], 15, 1)  # HWU64 left out: every non-test intent can validate
     hwu = loo.conventional("hwu64")
-    assert set(held_out.classes("val")) == set(hwu.classes("train") + hwu.classes("val")) and not held_out.classes("train")
+    assert set(held_out.classes("val")) == set(hwu.classes("train") + hwu.classes("val"))
+    assert not held_out.classes("train")
     assert loo.target_for(rows[1], 15, 1) is None  # FewRel has 5 test relations: no 15-way cell
 
 
@@ -145,7 +143,7 @@ def test_resume_runs_only_the_missing_cells_and_refuses_other_settings(tmp_path,
     assert [r for r in resumed["rows"] if r["cell"] == "huffpost 5w1s"] == kept  # the earlier cell, untouched
     assert {r["cell"] for r in resumed["rows"]} == {"huffpost 5w1s", "huffpost 5w2s"}
     assert len(resumed["runs"]) == 2 and resumed["minutes"] == pytest.approx(sum(r["minutes"] for r in resumed["runs"]))
-    assert (out / "summary.md").read_text().count("python examples/leave_one_out.py --quick") == 2  # both commands
+    assert (out / "summary.md").read_text().count("python -m experiments.leave_one_out --quick") == 2  # both commands
     loo.main(["--quick", "--quiet", "--resume", "--output-dir", str(out)])
     assert calls == [(5, 2)]  # nothing left to run: no cell, no training
     before = (out / "summary.json").read_text()
@@ -181,11 +179,6 @@ def test_guard_only_recomputes_the_guarded_rows_from_saved_results(tmp_path, mon
 
 
 def test_cells_in_one_order_whatever_order_runs_added_them():
-    sys.path.insert(0, os.path.join(ROOT, "examples"))
-    try:
-        from loo_report import cell_order
-    finally:
-        sys.path.pop(0)
     added = ["fewrel 5w1s", "clinc150 (in-domain) 15w1s", "hwu64 15w1s", "fewrel 5w5s", "hwu64 5w1s", "hwu64 5w5s",
              "clinc150 (in-domain) 5w5s", "clinc150 15w1s"]
     assert cell_order(added) == ["fewrel 5w5s", "fewrel 5w1s", "hwu64 5w5s", "hwu64 5w1s", "hwu64 15w1s",

@@ -25,33 +25,26 @@ Inner learning rates are chosen per method and step count on validation episodes
 target's validation classes are all its non-test classes (nothing of it is trained on); its test classes are
 those of the earlier run (README) for HWU64 and FewRel, the specs' for CLINC150 and HuffPost.
 
-    python examples/leave_one_out.py --quick      # checks the whole path in about a minute (CI)
-    python examples/leave_one_out.py              # the full experiment: 600 paired episodes per cell
-    python examples/leave_one_out.py --targets huffpost --resume   # add cells to an earlier run's table
-    python examples/leave_one_out.py --guard-only   # the guarded rows again, after a change to the guard
+    python -m experiments.leave_one_out --quick      # checks the whole path in about a minute (CI)
+    python -m experiments.leave_one_out              # the full experiment: 600 paired episodes per cell
+    python -m experiments.leave_one_out --targets huffpost --resume   # add cells to an earlier run's table
+    python -m experiments.leave_one_out --guard-only   # the guarded rows again, after a change to the guard
 
 Writes ``summary.md``/``summary.json``, ``loo_heatmap.png`` and each cell's harness files under ``--output-dir``.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 
-import torch
-
 import metalearn
+from experiments import common
+from experiments.loo_report import CELL, checkout, report
 from metalearn.adapters import check_target_modules
 from metalearn.eval import EvalResults, guard, metrics, sample_tasks
-from metalearn.eval.report import atomic_write
 from metalearn.tasks import check_target, load, mix
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clinc_intents import add_speed_arguments, compute_dtype, encoder_path  # noqa: E402
-from loo_report import CELL, checkout, report  # noqa: E402
 
 DATASETS = ("clinc150", "hwu64", "fewrel", "huffpost")
 TARGET_SPLITS = {"hwu64": [0.25, 0.25, 0.5], "fewrel": [0.34, 0.33, 0.33]}
@@ -88,14 +81,6 @@ def parse_rows(targets: str, in_domain: str, datasets: list[str]) -> list[Row]:
     if unknown:
         raise SystemExit(f"unknown data set(s) {unknown}; choose from {list(DATASETS)}")
     return rows
-
-
-def parse_settings(text: str) -> list[tuple[int, int]]:
-    """'5x1,5x5,15x1' -> [(5, 1), (5, 5), (15, 1)] (N-way, K-shot)."""
-    try:
-        return [(int(n), int(k)) for n, k in (item.lower().split("x") for item in text.split(","))]
-    except ValueError:
-        raise SystemExit(f"--settings {text!r} is not NxK,NxK,... e.g. 5x1,5x5,15x1") from None
 
 
 def conventional(name: str):
@@ -135,10 +120,9 @@ def target_for(row: Row, n_way: int, k_shot: int, class_names: bool = False):
 
 
 def adapter_settings(args) -> dict:
-    return dict(model_name=encoder_path(), quantization="nf4", compute_dtype=compute_dtype(args.compute_dtype),
-                lora_r=args.lora_r, target_modules=args.lora_targets, prompt_tokens=args.prompt_tokens,
-                head="prototype", head_metric="cosine", head_temperature=0.05,
-                inner_lr=args.inner_lr, support_temperature=args.support_temperature, seed=args.seed)
+    return common.encoder_settings(args, quantization="nf4", compute_dtype=common.compute_dtype(args.compute_dtype),
+                                   lora_r=args.lora_r, target_modules=args.lora_targets,
+                                   support_temperature=args.support_temperature)
 
 
 def check_adapters(args) -> None:
@@ -147,28 +131,24 @@ def check_adapters(args) -> None:
         raise SystemExit(f"--lora-r {args.lora_r} is invalid; give a positive rank (8 is the grid's)")
     from transformers import AutoConfig, AutoModel
     try:
-        check_target_modules(AutoModel.from_config(AutoConfig.from_pretrained(encoder_path())), args.lora_targets)
+        encoder = AutoModel.from_config(AutoConfig.from_pretrained(common.encoder_path()))
+        check_target_modules(encoder, args.lora_targets)
     except ValueError as e:
         raise SystemExit(f"--lora-targets: {e}") from None
 
 
 def train(row: Row, mixture, args, out: str) -> dict[str, metalearn.Learner]:
     """ProtoMAML and ProtoNet on the same episodes and budget; the foundation with a fresh LoRA for fine-tuning."""
-    common = dict(adapter_settings(args), meta_batch=1, meta_lr=args.meta_lr, schedule="cosine",
-                  on_nonfinite="skip", progress=not args.quiet)
-    learners = {
-        "protomaml": metalearn.fit(mixture, method="fomaml", inner_steps=args.inner_steps, meta_steps=args.train_episodes,
-                                   output_dir=os.path.join(out, "train_protomaml"), **common),
-        "protonet": metalearn.fit(mixture, method="protonet", meta_steps=args.train_episodes,
-                                  output_dir=os.path.join(out, "train_protonet"), **common),
-    }
-    common.update(prompt_tokens=0)  # fine-tuning from the foundation: LoRA B = 0 is the frozen model itself
-    learners["finetune"] = metalearn.fit(mixture, method="fomaml", inner_steps=1, meta_steps=0, **common)
+    settings = common.meta_settings(adapter_settings(args), args)
+    learners = common.protomaml_and_protonet(mixture, settings, args, out)
+    settings.update(prompt_tokens=0)  # fine-tuning from the foundation: LoRA B = 0 is the frozen model itself
+    learners["finetune"] = metalearn.fit(mixture, method="fomaml", inner_steps=1, meta_steps=0, **settings)
     return learners
 
 
 def evaluate_cell(row: Row, learners: dict, family, n_way: int, k_shot: int, args, out: str) -> tuple[list, dict]:
-    """Every method on the cell's test episodes, then the guarded ProtoMAML; rows for the summary and the guard's record."""
+    """Every method on the cell's test episodes, then the guarded ProtoMAML; rows for the summary and the guard's
+    record."""
     results = metalearn.evaluate(learners, family, baselines=BASELINES, steps=args.steps, episodes=args.episodes,
                                  lr_grid=args.lr_grid, val_episodes=args.val_episodes, seed=args.seed,
                                  reference="prototypes", progress=not args.quiet, workers=args.workers)
@@ -200,8 +180,7 @@ def guarded_rows(row: Row, results, meta, family, n_way: int, k_shot: int, args,
                   "val": choice["val"]}
     results = guard.combine(results, "protomaml", "prototypes", last, choices)
     results.save(cell_folder(out, row, n_way, k_shot))
-    rows = [{"cell": cell, **r} for r in results.summary if r["metric"] == "accuracy"]
-    rows += [{"cell": cell, "paired": True, **r} for r in results.paired if r["metric"] == "accuracy"]
+    rows = common.accuracy_rows(results, cell=cell)
     rows += [{"cell": cell, "paired": True, **pair} for pair in versus_protonet(results.records, last)]
     print(f"\n## {cell}\n\n{results.table('accuracy')}\nguard: {record}")
     return rows, {cell: record}
@@ -225,7 +204,7 @@ def guard_again(summary: dict, args, out: str, rows_wanted: list[Row]) -> None:
         kept = [r for r in summary["rows"] if r["cell"] != cell]
         summary["rows"] = kept[:at] + rows + kept[at:]
         summary["guard"].update(record)
-        atomic_write(os.path.join(out, "summary.json"), json.dumps(summary, indent=2))
+        common.write_json(os.path.join(out, "summary.json"), summary)
 
 
 def cell_name(row: Row, n_way: int, k_shot: int) -> str:
@@ -278,86 +257,61 @@ def versus_protonet(records: list[dict], last: int) -> list[dict]:
     return out
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a tiny run (about a minute) that checks the path")
-    parser.add_argument("--output-dir", default="runs/leave_one_out", help="where tables, JSON and plots go")
-    parser.add_argument("--targets", default=",".join(DATASETS),
-                        help="leave-one-out targets, comma separated; TARGET=SRC+SRC names the sources explicitly")
-    parser.add_argument("--in-domain", default="clinc150", help="the in-domain row's data set ('' to skip)")
-    parser.add_argument("--settings", default="5x1,5x5,15x1", help="NxK settings (skipped where a split is too small)")
-    parser.add_argument("--episodes", type=int, default=600, help="paired test episodes per cell")
-    parser.add_argument("--val-episodes", type=int, default=50, help="validation episodes for the inner-lr search")
-    parser.add_argument("--lr-grid", type=float, nargs="+", default=[0.3, 1.0, 3.0], help="inner-lr multipliers")
-    parser.add_argument("--steps", type=int, nargs="+", default=[0, 3], help="inner steps scored at evaluation")
-    parser.add_argument("--train-episodes", type=int, default=300, help="meta-training episodes per method and row")
-    parser.add_argument("--in-domain-weight", type=float, default=1.0,
-                        help="the in-domain row's own training classes: their share of meta-training episodes, "
-                        "relative to each other source's")
-    parser.add_argument("--train-ways", type=int, default=10, help="largest N of meta-training episodes (from 5)")
-    parser.add_argument("--train-shots", type=int, nargs=2, default=[1, 5], help="K range of meta-training episodes")
-    parser.add_argument("--train-queries", type=int, default=5, help="query examples per class when meta-training")
-    parser.add_argument("--inner-steps", type=int, default=1, help="ProtoMAML inner steps during meta-training")
-    parser.add_argument("--inner-lr", type=float, default=0.5, help="inner learning rate (searched at evaluation)")
-    parser.add_argument("--support-temperature", type=float, default=0.2,
-                        help="cosine-head temperature of the inner loop's support loss (the head's own is 0.05, at "
-                        "which a 1-shot support loss is ~0 and even a 5-shot one ~0.003)")
-    parser.add_argument("--meta-lr", type=float, default=1e-3)
-    parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
-    parser.add_argument("--lora-targets", nargs="+", default=["query", "value"],
-                        help="the encoder's linear layers that get LoRA ('query key value output.dense "
-                        "intermediate.dense': every projection of every block, not the unused pooler)")
-    parser.add_argument("--prompt-tokens", type=int, default=0,
-                        help="soft prompt length; 0 (LoRA only, B = 0) starts meta-training at the frozen foundation")
-    parser.add_argument("--class-names", nargs="?", const="all", default="none", choices=["none", "test", "all"],
-                        help="each class's name joins its support set as one more example, in the test episodes "
-                        "('test') or in meta-training too ('all', the same as the bare flag); for "
-                        f"{', '.join(NAMED)} (HuffPost's classes are numbers)")
-    parser.add_argument("--guard-folds", type=int, default=5, help="support folds of the per-task guard (K >= 2)")
-    parser.add_argument("--guard-episodes", type=int, default=100,
-                        help="validation episodes of the per-target guard (K = 1)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    add_speed_arguments(parser)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--report-only", action="store_true", help="redraw summary.md and the heat-map from summary.json")
-    parser.add_argument("--guard-only", action="store_true",
-                        help="recompute the guarded rows of the finished K >= 2 cells in --output-dir (after a change "
-                        "to the guard; of the rows --targets and --in-domain name), from their saved results and "
-                        "ProtoMAML learners")
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the cells already in --output-dir's summary.json (run with the same settings) and "
-                        "run only the missing ones (a row with a missing cell is meta-trained again)")
-    args = parser.parse_args(argv)
-    args.argv = list(argv) if argv is not None else sys.argv[1:]
+def parse(argv=None) -> argparse.Namespace:
+    p = common.parser(__doc__)
+    common.add_run_arguments(p, "runs/leave_one_out", "a tiny run (about a minute) that checks the path",
+                             threads="torch intra-op threads")
+    p.add_argument("--targets", default=",".join(DATASETS),
+                   help="leave-one-out targets, comma separated; TARGET=SRC+SRC names the sources explicitly")
+    p.add_argument("--in-domain", default="clinc150", help="the in-domain row's data set ('' to skip)")
+    p.add_argument("--settings", default="5x1,5x5,15x1", help="NxK settings (skipped where a split is too small)")
+    common.add_encoder_arguments(p, episodes=600, episodes_help="paired test episodes per cell", val_episodes=50)
+    p.add_argument("--train-episodes", type=int, default=300, help="meta-training episodes per method and row")
+    p.add_argument("--in-domain-weight", type=float, default=1.0,
+                   help="the in-domain row's own training classes: their share of meta-training episodes, "
+                   "relative to each other source's")
+    p.add_argument("--train-ways", type=int, default=10, help="largest N of meta-training episodes (from 5)")
+    p.add_argument("--train-shots", type=int, nargs=2, default=[1, 5], help="K range of meta-training episodes")
+    p.add_argument("--train-queries", type=int, default=5, help="query examples per class when meta-training")
+    p.add_argument("--support-temperature", type=float, default=0.2,
+                   help="cosine-head temperature of the inner loop's support loss (the head's own is 0.05, at "
+                   "which a 1-shot support loss is ~0 and even a 5-shot one ~0.003)")
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
+    p.add_argument("--lora-targets", nargs="+", default=["query", "value"],
+                   help="the encoder's linear layers that get LoRA ('query key value output.dense "
+                   "intermediate.dense': every projection of every block, not the unused pooler)")
+    p.add_argument("--prompt-tokens", type=int, default=0,
+                   help="soft prompt length; 0 (LoRA only, B = 0) starts meta-training at the frozen foundation")
+    p.add_argument("--class-names", nargs="?", const="all", default="none", choices=["none", "test", "all"],
+                   help="each class's name joins its support set as one more example, in the test episodes "
+                   "('test') or in meta-training too ('all', the same as the bare flag); for "
+                   f"{', '.join(NAMED)} (HuffPost's classes are numbers)")
+    p.add_argument("--guard-folds", type=int, default=5, help="support folds of the per-task guard (K >= 2)")
+    p.add_argument("--guard-episodes", type=int, default=100,
+                   help="validation episodes of the per-target guard (K = 1)")
+    p.add_argument("--report-only", action="store_true", help="redraw summary.md and the heat-map from summary.json")
+    p.add_argument("--guard-only", action="store_true",
+                   help="recompute the guarded rows of the finished K >= 2 cells in --output-dir (after a change "
+                   "to the guard; of the rows --targets and --in-domain name), from their saved results and "
+                   "ProtoMAML learners")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the cells already in --output-dir's summary.json (run with the same settings) and "
+                   "run only the missing ones (a row with a missing cell is meta-trained again)")
+    args = p.parse_args(argv)
+    args.argv = common.argv_of(argv)
     if args.quick:
         args.targets, args.in_domain, args.settings = "huffpost", "", "5x1,5x2"
         args.episodes, args.val_episodes, args.lr_grid, args.steps = 3, 2, [1.0], [0, 1]
-        args.train_episodes, args.train_ways, args.train_shots, args.guard_episodes, args.guard_folds = 2, 5, [1, 2], 2, 2
+        args.train_episodes, args.train_ways, args.train_shots = 2, 5, [1, 2]
+        args.guard_episodes, args.guard_folds = 2, 2
+    return args
+
+
+def run(args, rows: list[Row], settings: list[tuple[int, int]], summary: dict) -> None:
+    """Meta-train each row that has cells left to run, evaluate them, and add them to ``summary`` (saved after each)."""
     out = args.output_dir
-    if args.report_only or args.guard_only:
-        summary = json.loads(open(os.path.join(out, "summary.json")).read())
-        if args.guard_only:
-            guard_again(summary, argparse.Namespace(**{**summary["args"], "workers": args.workers}), out,
-                        parse_rows(args.targets, args.in_domain, list(DATASETS)))
-        print(report(summary, out))
-        return
-    rows = parse_rows(args.targets, args.in_domain, list(DATASETS))  # bad input fails before any work
-    settings = parse_settings(args.settings)
-    if not args.in_domain_weight > 0:
-        raise SystemExit(f"--in-domain-weight {args.in_domain_weight} is invalid; give a positive share (1 = as much "
-                         "as each other source)")
-    check_adapters(args)
-    torch.set_num_threads(args.threads)
-    summary_path = os.path.join(out, "summary.json")
-    summary = {"args": {k: v for k, v in vars(args).items()}, "rows": [], "guard": {}, "runs": []}
-    if args.resume and os.path.exists(summary_path):
-        with open(summary_path, encoding="utf-8") as f:
-            summary = resumed(json.load(f), args)  # refused before any work if its cells were computed otherwise
     done = {r["cell"] for r in summary["rows"]}
-    os.makedirs(out, exist_ok=True)
-    started = time.time()
+    started = common.setup(args)
     this_run = {"argv": args.argv, "minutes": 0.0, "code": checkout()}  # listed once it has added a cell
     names = args.class_names != "none"  # in the test episodes, whether or not in meta-training
     for row in rows:
@@ -384,9 +338,33 @@ def main(argv=None) -> None:
                 summary["runs"].append(this_run)
             this_run["minutes"] = (time.time() - started) / 60
             summary["minutes"] = sum(r["minutes"] for r in summary["runs"])
-            atomic_write(summary_path, json.dumps(summary, indent=2))
+            common.write_json(os.path.join(out, "summary.json"), summary)
     print("\n" + report(summary, out))
     print(f"wall time {(time.time() - started) / 60:.1f} min")
+
+
+def main(argv=None) -> None:
+    args = parse(argv)
+    out = args.output_dir
+    if args.report_only or args.guard_only:
+        summary = common.read_json(os.path.join(out, "summary.json"))
+        if args.guard_only:
+            guard_again(summary, argparse.Namespace(**{**summary["args"], "workers": args.workers}), out,
+                        parse_rows(args.targets, args.in_domain, list(DATASETS)))
+        print(report(summary, out))
+        return
+    rows = parse_rows(args.targets, args.in_domain, list(DATASETS))  # bad input fails before any work
+    settings = common.parse_settings(args.settings)
+    if not args.in_domain_weight > 0:
+        raise SystemExit(f"--in-domain-weight {args.in_domain_weight} is invalid; give a positive share (1 = as much "
+                         "as each other source)")
+    check_adapters(args)
+    summary_path = os.path.join(out, "summary.json")
+    summary = {"args": {k: v for k, v in vars(args).items()}, "rows": [], "guard": {}, "runs": []}
+    if args.resume and os.path.exists(summary_path):
+        # refused before any work if its cells were computed otherwise
+        summary = resumed(common.read_json(summary_path), args)
+    run(args, rows, settings, summary)
 
 
 if __name__ == "__main__":

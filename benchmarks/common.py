@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from metalearn import algorithms
-from metalearn.foundation import tiny_llama
 from metalearn.build import build_learner
-from metalearn.training import make_config
+from metalearn.foundation import tiny_llama
 from metalearn.learner import Episode, Learner
+from metalearn.training import make_config
 
 LLAMA_ADAPTER = dict(lora_r=8, target_modules=["q_proj", "v_proj"])
 

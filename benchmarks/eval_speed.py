@@ -178,8 +178,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from metalearn.foundation import native_bf16
     from metalearn.eval.metrics import mean_ci
+    from metalearn.foundation import native_bf16
     from metalearn.tasks import load
 
     family = load("clinc150", n_way=args.ways, k_shot=1, q_query=5)

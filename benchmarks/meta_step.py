@@ -25,8 +25,15 @@ from collections import defaultdict
 
 import torch
 
-from benchmarks.common import (GraphMemory, handwritten_maml, llama_workload, median_times, meta_step,
-                               plain_lora_step, sinusoid_workload)
+from benchmarks.common import (
+    GraphMemory,
+    handwritten_maml,
+    llama_workload,
+    median_times,
+    meta_step,
+    plain_lora_step,
+    sinusoid_workload,
+)
 
 
 def variants(learner, episodes, handwritten: bool, chunk: int):

@@ -23,8 +23,8 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
     from .build import build_learner, load
     from .eval import evaluate, tune_recipe
     from .guarded import AdaptedModel
-    from .training import fit, make_config
     from .learner import Learner
+    from .training import fit, make_config
 
 _logging.getLogger("metalearn").addHandler(_logging.NullHandler())
 quiet.install_log_filters()

@@ -9,8 +9,8 @@ from torch import nn
 
 from . import adapters as adapters_mod
 from . import saved
-from .foundation import load_base, load_tokenizer
 from .config import Recipe, RunConfig
+from .foundation import load_base, load_tokenizer
 from .learner import Learner
 from .model import TaskModel
 from .progress import library_bars_only_when_live

@@ -21,10 +21,10 @@ from torch.func import vmap
 
 from . import adapters as adapters_mod
 from . import card, files, quiet, saved
-from .guarded import AdaptedModel, guard_decision
 from .attention_masks import vmappable_masks
 from .config import Recipe, RunConfig
 from .functional import feature_loss, outputs, prototype_head, prototypes, task_loss
+from .guarded import AdaptedModel, guard_decision
 from .inner import build as build_optimizer
 from .inner import initial_step_sizes, unroll
 from .inner.batched import unroll_batched

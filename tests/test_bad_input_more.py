@@ -8,8 +8,8 @@ import torch
 import metalearn
 from metalearn.build import build_learner
 from metalearn.cli import build_model, main
-from metalearn.training import make_config
 from metalearn.tasks import Task
+from metalearn.training import make_config
 from tests.helpers import IntentFamily, SinusoidFamily, mlp
 from tests.test_bad_input import fit_fails
 

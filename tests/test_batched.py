@@ -7,9 +7,9 @@ import torch
 
 from metalearn import algorithms
 from metalearn.build import build_learner
-from metalearn.training import make_config
 from metalearn.tasks import Task
-from tests.helpers import CopyFamily, mlp, saved_bytes_during, small_llama, sinusoid_task
+from metalearn.training import make_config
+from tests.helpers import CopyFamily, mlp, saved_bytes_during, sinusoid_task, small_llama
 
 LLAMA = dict(lora_r=4, target_modules=["q_proj", "v_proj"], init_lora_weights="gaussian", prompt_tokens=2,
              inner_steps=2, inner_lr=0.05)

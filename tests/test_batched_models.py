@@ -6,10 +6,10 @@ import torch
 from benchmarks.common import GraphMemory
 from metalearn import algorithms
 from metalearn.attention_masks import vmappable_masks
-from metalearn.foundation import byte_tokenizer
 from metalearn.build import build_learner
-from metalearn.training import make_config
+from metalearn.foundation import byte_tokenizer
 from metalearn.tasks import Task
+from metalearn.training import make_config
 from tests.helpers import CopyFamily, small_bert, small_llama
 from tests.test_batched import LLAMA, assert_same, both_ways, sentiment_tasks
 

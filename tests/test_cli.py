@@ -9,7 +9,6 @@ import pytest
 from metalearn.cli import main, parser
 
 
-
 def subcommands():
     actions = [a for a in parser()._actions if a.__class__.__name__ == "_SubParsersAction"]
     return actions[0].choices

@@ -14,8 +14,8 @@ import torch
 
 from metalearn import algorithms, foundation
 from metalearn.build import build_learner
-from metalearn.training import make_config
 from metalearn.quant import is_linear4bit, linear4bit_forward, transformable_4bit
+from metalearn.training import make_config
 from tests.helpers import IntentFamily
 from tests.test_cpu_layout import bert64, twin_of
 

@@ -13,12 +13,12 @@ import torch
 
 import metalearn
 from metalearn import algorithms
-from metalearn.foundation import byte_tokenizer, load_base, tiny_llama
 from metalearn.build import build_learner
 from metalearn.config import BaseConfig
-from metalearn.training import make_config
+from metalearn.foundation import byte_tokenizer, load_base, tiny_llama
 from metalearn.quant import is_cpu_packed, is_linear4bit, keep_standard_layout
-from tests.helpers import CopyFamily, IntentFamily, dequantized_copy, small_bert
+from metalearn.training import make_config
+from tests.helpers import CopyFamily, IntentFamily, dequantized_copy
 
 bnb = pytest.importorskip("bitsandbytes")  # a hard dependency of metalearn: never skipped in practice
 

@@ -12,17 +12,15 @@ from torch import nn
 import metalearn
 from metalearn.build import build_learner
 from metalearn.eval import EvalResults, evaluate
-from metalearn.eval.results import paired_differences, summarize
 from metalearn.eval.baselines import in_context_prompts
-from metalearn.views import random_init
-from metalearn.eval.runner import split_episode
 from metalearn.eval.inputs import family_for_shots
-from metalearn.training import make_config
+from metalearn.eval.results import paired_differences, summarize
+from metalearn.eval.runner import split_episode
 from metalearn.learner import Learner
 from metalearn.tasks import Task
+from metalearn.training import make_config
+from metalearn.views import random_init
 from tests.helpers import CopyFamily, IntentFamily, SinusoidFamily, mlp, small_bert, small_llama
-
-
 
 
 def regression_learner(model=None, **overrides):

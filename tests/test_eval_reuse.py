@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from metalearn.foundation import byte_tokenizer
 from metalearn.build import build_learner
 from metalearn.eval import evaluate
 from metalearn.eval import features as features_mod
 from metalearn.eval.adaptation import trajectory
 from metalearn.eval.runner import support_episode
-from metalearn.training import make_config
+from metalearn.foundation import byte_tokenizer
 from metalearn.learner import Learner
+from metalearn.training import make_config
 from tests.helpers import CopyFamily, IntentFamily, SinusoidFamily, mlp, small_bert, small_llama
 
 

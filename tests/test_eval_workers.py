@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from metalearn.foundation import byte_tokenizer
 from metalearn.build import build_learner
 from metalearn.eval import evaluate, guard
 from metalearn.eval.workers import forked_map
+from metalearn.foundation import byte_tokenizer
 from metalearn.training import make_config
 from tests.helpers import CopyFamily, IntentFamily, SinusoidFamily, small_bert, small_llama
 from tests.test_eval_reuse import by_key, regression_learners

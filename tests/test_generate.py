@@ -10,8 +10,8 @@ import torch
 
 from metalearn.adapters import write_params
 from metalearn.build import build_learner
-from metalearn.training import make_config
 from metalearn.generate import greedy
+from metalearn.training import make_config
 from tests.helpers import small_gpt2
 
 LORA = dict(lora_r=2, target_modules=["c_attn"], init_lora_weights="gaussian")

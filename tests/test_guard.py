@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from metalearn.foundation import byte_tokenizer
 from metalearn.build import build_learner
 from metalearn.eval import guard
-from metalearn.training import make_config
+from metalearn.foundation import byte_tokenizer
 from metalearn.tasks import NWayKShot
+from metalearn.training import make_config
 from tests.helpers import CopyFamily, IntentFamily, small_bert, small_llama
 
 

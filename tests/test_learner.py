@@ -10,9 +10,9 @@ import metalearn
 from metalearn import algorithms
 from metalearn.adapters import load_adapters
 from metalearn.build import build_learner
-from metalearn.training import make_config
 from metalearn.model import TaskModel
-from tests.helpers import CopyFamily, SinusoidFamily, mlp, small_llama, sinusoid_task
+from metalearn.training import make_config
+from tests.helpers import CopyFamily, SinusoidFamily, mlp, sinusoid_task, small_llama
 
 
 def post_adaptation_loss(learner, n_tasks=25, steps=5, seed=123):

@@ -7,8 +7,16 @@ import metalearn
 from metalearn import algorithms
 from metalearn.build import build_learner
 from metalearn.training import make_config
-from tests.helpers import (CopyFamily, Quadratic, dequantized_copy, mlp, saved_bytes_during, small_gpt2, small_llama,
-                           sinusoid_task)
+from tests.helpers import (
+    CopyFamily,
+    Quadratic,
+    dequantized_copy,
+    mlp,
+    saved_bytes_during,
+    sinusoid_task,
+    small_gpt2,
+    small_llama,
+)
 
 
 def meta_loss(learner, episode, init):

@@ -15,8 +15,8 @@ def test_import_metalearn_loads_no_torch_transformers_or_peft():
 
 def test_public_names_resolve_and_fit_stays_the_function():
     import metalearn.training  # binds the submodule on the package, which must not hide the function
-    from metalearn.training import fit as fit_function
     from metalearn.learner import Learner
+    from metalearn.training import fit as fit_function
 
     assert metalearn.fit is fit_function and callable(metalearn.fit)
     assert metalearn.Learner is Learner and metalearn.tasks.load is not None

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 import metalearn
 from metalearn.build import build_learner
 from metalearn.config import RunConfig
-from metalearn.training import make_config
 from metalearn.tasks import NWayKShot, load
+from metalearn.training import make_config
 from tests.helpers import SinusoidFamily, mlp, small_llama
 
 weird = st.one_of(st.none(), st.booleans(), st.integers(-3, 6), st.floats(allow_nan=True, allow_infinity=True),

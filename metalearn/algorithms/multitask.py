@@ -8,7 +8,6 @@ loss is taken on the query set: that is a prototypical network (Snell et al. 201
 """
 from __future__ import annotations
 
-
 from ..learner import Episode, Learner
 from .interface import TaskGradient, grads_for
 

@@ -13,7 +13,8 @@ The protocol, top to bottom:
    loss, then by the multiplier closest to 1. Test tasks never influence it.
 4. Adapt on the support set only (the query set is not even encoded into the episode that adaptation
    sees), then score on the query set (``score.py``). Non-adapting baselines score once per episode.
-5. Summarize: mean and 95% interval ``mean ± 1.96·std/√n`` (sample std) per method, shot count, step
+5. Time: wall seconds per episode of each method's adaptation and scoring (``EvalResults.seconds``).
+6. Summarize: mean and 95% interval ``mean ± 1.96·std/√n`` (sample std) per method, shot count, step
    count and metric, and paired differences against a reference method with their own interval.
 """
 from __future__ import annotations
@@ -53,8 +54,7 @@ def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: Famil
     """Adapt each method on each held-out task's support set and score it on the query set.
 
     Args:
-        methods: ``{name: Learner}`` (meta-learned inits, a multi-task init from
-            ``fit(..., method="multitask")``, ...), or one Learner.
+        methods: ``{name: Learner}`` (meta-learned inits, a multi-task init, ...), or one Learner.
         family: a task family, or a factory ``k_shot -> family`` (used when ``shots`` is given).
         baselines: any of ``"zero_shot"``, ``"in_context"``, ``"prototypes"``, ``"linear_probe"``,
             ``"random_init"`` (see ``metalearn.eval.baselines``); they use ``base``'s frozen model.
@@ -79,9 +79,6 @@ def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: Famil
             inherit the models and caches) with one torch thread each; the same numbers as ``workers=1``.
             On CPU, small models gain far more from this than from intra-op threads.
         setfit: the ``"setfit"`` baseline's training options (default: SetFit's own defaults).
-
-    Wall seconds per episode (adaptation and scoring) go to ``results.timing`` (``results.seconds``) and the
-    report's table.
 
     Example:
         >>> results = metalearn.evaluate({"maml": learner}, metalearn.tasks.load("sinusoid"),

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-
 from .. import guarded
 from ..learner import Learner
-from ..views import evaluation_mode
 from ..tasks.folds import support_folds
 from ..tasks.task import Task
+from ..views import evaluation_mode
 from . import baselines as bl
 from .evaluate import evaluate
 from .metrics import HIGHER_IS_BETTER, mean_ci

@@ -109,7 +109,7 @@ def test_too_old_setfit_is_named(monkeypatch):
     import setfit
 
     monkeypatch.setattr(setfit, "__version__", "1.1.3")
-    with pytest.raises(ImportError, match=r"setfit>=1\.2 \(found 1\.1\.3.*metalearn\[setfit\]"):
+    with pytest.raises(ImportError, match=r"setfit>=1\.2, found 1\.1\.3: pip install --upgrade 'metalearn\[setfit\]'"):
         check_setfit()
 
 

@@ -43,7 +43,7 @@ from .metrics import accuracy, macro_f1
 __all__ = ["MIN_SETFIT", "SAMPLING_STRATEGIES", "SetFitOptions", "check_setfit", "setfit_scores"]
 
 MIN_SETFIT = "1.2"
-"""Oldest setfit that trains with transformers 5 (the version the extra pins)."""
+"""Oldest setfit this baseline is verified with (1.2.0, with transformers 5.24 and torch 2.13); the extra pins it."""
 
 SAMPLING_STRATEGIES = ("oversampling", "undersampling", "unique")
 """SetFit's ways of drawing contrastive pairs when ``num_iterations`` is not set."""
@@ -128,8 +128,8 @@ def check_setfit() -> None:
 
     found = getattr(setfit, "__version__", "0")
     if Version(found) < Version(MIN_SETFIT):
-        raise ImportError(f"baseline 'setfit' needs setfit>={MIN_SETFIT} (found {found}, which does not train "
-                          f"with this transformers): {INSTALL} --upgrade")
+        raise ImportError(f"baseline 'setfit' needs setfit>={MIN_SETFIT}, found {found}: "
+                          "pip install --upgrade 'metalearn[setfit]'")
 
 
 def setfit_scores(encoder: str, support_texts: Sequence[str], support_labels: Sequence[int] | np.ndarray,

@@ -42,7 +42,7 @@ BUDGETS = {
 FIT = dict(method="maml", quantization="nf4", lora_r=4, target_modules=["q_proj", "v_proj"], prompt_tokens=6,
            inner_steps=5, inner_lr=1e-2, inner_optimizer="adam", meta_batch=4, meta_lr=3e-3, outer_schedule="cosine",
            max_length=128)
-"""The meta-learning settings of ``examples/text_rules.py``'s defaults (its README run)."""
+"""The meta-learning settings of ``experiments/text_rules.py``'s defaults (its README run)."""
 
 
 def _mlp(seed: int) -> torch.nn.Module:

@@ -134,7 +134,7 @@ def test_every_entry_point_keeps_nf4_equal_to_its_fp32_twin(tmp_path):
     ours = metalearn.evaluate({"m": learner}, family, **kwargs)
     theirs = metalearn.evaluate({"m": twin}, family, **kwargs)
     assert_standard_layout(learner.model, reference)
-    assert ours.table() == theirs.table()
+    assert ours.table(seconds=False) == theirs.table(seconds=False)  # the scores; seconds differ per run
 
     learner.save(str(tmp_path / "init"))
     reloaded = metalearn.load(str(tmp_path / "init"), model=llama64())

@@ -52,9 +52,9 @@ def _steps_header(steps: list[int]) -> str:
     return "| method | " + " | ".join(f"{s} step{'s' if s != 1 else ''}" for s in steps) + " |"
 
 
-def markdown(results: Results, metric: Union[str, Sequence[str], None] = None) -> str:
+def markdown(results: Results, metric: Union[str, Sequence[str], None] = None, seconds: bool = True) -> str:
     """Per shot count: each of ``metric`` (default: the primary one) by method x steps with paired differences,
-    then all metrics after the last step count."""
+    then all metrics after the last step count, then (``seconds``) wall seconds per episode."""
     st = results.settings
     chosen = [pick_metric(results, metric)] if metric is None or isinstance(metric, str) else list(metric)
     steps = st["steps"]
@@ -79,7 +79,7 @@ def markdown(results: Results, metric: Union[str, Sequence[str], None] = None) -
                          if (m, shots, last, n) in summary else "—" for n in shown]
                 lines.append(f"| {m} | " + " | ".join(cells) + " |")
             lines.append("")
-        lines += _seconds_table(results, shots, k)
+        lines += _seconds_table(results, shots, k) if seconds else []
     return "\n".join(lines)
 
 

@@ -70,9 +70,10 @@ class EvalResults:
         row = self._find(self.paired, method=method, metric=metric, steps=steps, shots=shots)
         return row["mean_diff"], row["ci95"]
 
-    def table(self, metric: Union[str, Sequence[str], None] = None) -> str:
-        """A markdown report: ``metric`` (default: the kind's primary one; or a list) per method and step count."""
-        return markdown(self, metric)
+    def table(self, metric: Union[str, Sequence[str], None] = None, seconds: bool = True) -> str:
+        """A markdown report: ``metric`` (default: the kind's primary one; or a list) per method and step count,
+        and (``seconds``) the wall seconds per episode, which differ from run to run where scores do not."""
+        return markdown(self, metric, seconds)
 
     def save(self, output_dir: str) -> dict[str, str]:
         """Write JSON, CSV, markdown and PNG plots into ``output_dir``; return {what: path}."""

@@ -66,7 +66,7 @@ def make_config(config: Union[RunConfig, dict, None] = None, **overrides: Any) -
     return RunConfig.from_dict(data)
 
 
-def fit(family, model: Optional[nn.Module] = None, *, config: Union[RunConfig, dict, None] = None,
+def fit(family: Any, model: Optional[nn.Module] = None, *, config: Union[RunConfig, dict, None] = None,
         tokenizer=None, output_dir: Optional[str] = None, resume: Optional[str] = None, progress: bool = True,
         **overrides: Any) -> Learner:
     """Meta-learn an initialization of the adapters on ``family``'s train split.
@@ -79,8 +79,9 @@ def fit(family, model: Optional[nn.Module] = None, *, config: Union[RunConfig, d
         output_dir: where to write ``log.jsonl``, ``training_curve.png``, checkpoints and the final learner.
         resume: a checkpoint file (or the run folder holding ``checkpoint.safetensors``) to continue from; the
             run goes on exactly as if it had not stopped (same config and seed required).
-        report_to (keyword, a config field): ``["tensorboard"]``, ``"wandb"``, ``"mlflow"``: log every meta-step's
-            losses, gradient norm, learning rate and validation loss there (``metalearn.tracking``).
+        **overrides: single config fields by name, e.g. ``report_to=["tensorboard"]`` (or ``"wandb"``,
+            ``"mlflow"``): log every meta-step's losses, gradient norm, learning rate and validation loss there
+            (``metalearn.tracking``).
 
     Example:
         >>> learner = metalearn.fit(metalearn.tasks.load("sinusoid"), model=mlp, meta_steps=1000)

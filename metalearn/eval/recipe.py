@@ -43,7 +43,8 @@ def tune_recipe(learner: Learner, family: Any, *, steps: Sequence[int] = DEFAULT
         val_episodes: validation tasks (the same ones for every step count and multiplier).
         seed: seeds the validation tasks (``evaluate`` uses ``seed + 1`` for its own; pass that to match).
         guard: whether ``adapt`` guards classification tasks at K >= 2 (see ``Learner.adapt``).
-        folds, margin: the guard's support folds (None: K) and required held-out gain.
+        folds: the guard's support folds (None: K).
+        margin: the held-out accuracy adapting must gain over the foundation to be kept.
         workers: forked processes sharing the validation tasks.
 
     Returns:

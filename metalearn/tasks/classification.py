@@ -32,7 +32,8 @@ class NWayKShot:
         n_way: classes per episode, or an inclusive range ``(low, high)`` drawn per episode.
         k_shot: support examples per class, int or range.
         q_query: query examples per class.
-        text_column, label_column: the columns to read (a ``ClassLabel`` label is turned into names).
+        text_column: the column of texts to read.
+        label_column: the column of labels (a ``ClassLabel`` label is turned into names).
         splits: fractions ``(train, val, test)`` assigned by a shuffle from ``seed``, or explicit
             class lists ``{"train": [...], "val": [...], "test": [...]}`` (or group lists when
             ``split_by="group"``). A split may be empty (e.g. no train classes for a data set used only

@@ -49,7 +49,8 @@ class FullLabel:
     Args:
         data: a ``datasets.Dataset``, a dict of columns or a list of row dicts.
         k_shot: support examples per class; at most the smallest class's support pool (``max_k_shot``).
-        text_column, label_column: the columns to read (a ``ClassLabel`` label is turned into names).
+        text_column: the column of texts to read.
+        label_column: the column of labels (a ``ClassLabel`` label is turned into names).
         split_column: the column naming each row's official split, with values ``train``, ``val``, ``test``.
         val_fraction: for data without official val rows only: the fraction of each class's train rows held
             out (at least one per class, chosen by a shuffle from ``seed``) as validation queries. None: no

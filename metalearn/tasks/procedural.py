@@ -106,8 +106,11 @@ class TextRules:
         alphabet_size: letters ``a..`` used in inputs (difficulty; at most 26).
         modulus: m of the affine rule; inputs are 0..m-1 written in decimal.
         n_permutations: how many random alphabet permutations become ``permute`` instances.
-        k_shot, q_query: examples per episode. splits: fractions (train, val, test).
-        sep, terminator: prompt is ``input + sep``, completion is ``output + terminator``.
+        k_shot: support examples per episode.
+        q_query: query examples per episode.
+        splits: fractions (train, val, test).
+        sep: the prompt is ``input + sep``.
+        terminator: the completion is ``output + terminator``.
         seed: fixes the permutations and which rule instances belong to which split.
 
     Rule kinds with 3 or more instances are split per kind (each split gets at least one);

@@ -46,9 +46,12 @@ class Substitution:
         length: input string length, int or inclusive range.
         n_permutations: how many random permutations (neither shifts nor affine maps) become ``permute``
             tables; ``None``: all of them (``n! - 1 - ...``; only sensible for small alphabets).
-        k_shot, q_query: examples per episode. splits: fractions (train, val, test) per kind.
+        k_shot: support examples per episode.
+        q_query: query examples per episode.
+        splits: fractions (train, val, test) per kind.
         cover: make the support inputs contain every letter (the support set then reveals the table).
-        sep, terminator: prompt is ``input + sep``, completion is ``output + terminator``.
+        sep: the prompt is ``input + sep``.
+        terminator: the completion is ``output + terminator``.
         seed: fixes the permutations and which tables belong to which split.
     """
 

@@ -1,0 +1,132 @@
+"""SetFit side by side with the frozen encoder, a fine-tune from the foundation and the guarded recipe (one target).
+
+A ProtoNet init (LoRA r=8 on query/value of all-MiniLM-L6-v2 in NF4, cosine prototype head) is meta-trained
+on the target's training classes, episodes of 5 to 10 ways and 1 to 5 shots. For every N-way K-shot
+setting, ``metalearn.tune_recipe`` chooses its test-time steps and step size on validation classes, and
+then, on the same test episodes of the target's held-out classes:
+
+* ``prototypes`` / ``linear_probe``: the frozen encoder (cosine prototypes; logistic regression);
+* ``random_init``: fine-tuning from the foundation, fresh LoRA (B = 0) and a prototype head, same inner loop;
+* ``protonet``: the meta-trained init adapted at the recipe's step count, unguarded (the harness's row);
+* ``recipe``: what a user gets, ``learner.adapt(task.support)`` with the saved recipe, guarded at K >= 2
+  by the task's own support folds (at K = 1 nothing can be held out, so it adapts);
+* ``setfit``: SetFit with its defaults, trained per episode from the same encoder folder, on the first
+  ``--setfit-episodes`` episodes (it costs 20-30 s a 5-way 5-shot episode on one CPU thread).
+
+Every number is the mean over episodes with its 95% interval; differences are paired, episode by episode,
+against SetFit on the episodes it ran. Seconds are wall seconds per episode to adapt and score.
+
+    python -m experiments.setfit_compare --quick     # the whole path in a few minutes (CI)
+    python -m experiments.setfit_compare --target clinc150 --episodes 600 --setfit-episodes 100 --workers 2
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+
+import metalearn
+from experiments import common
+from metalearn.eval import SetFitOptions, metrics, sample_tasks
+from metalearn.tasks import load
+
+METHODS = ("prototypes", "linear_probe", "random_init", "protonet", "recipe", "setfit")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    p = common.parser(__doc__)
+    common.add_run_arguments(p, None, "tiny budgets: the whole path in a few minutes")
+    p.add_argument("--target", default="clinc150", help="a classification spec with held-out test classes")
+    p.add_argument("--settings", default="5x1,5x5", help="NxK test settings")
+    common.add_encoder_arguments(p, 600, "test episodes per setting", 32)
+    p.add_argument("--setfit-episodes", type=int, default=100, help="SetFit on the first this many of them")
+    p.add_argument("--train-episodes", type=int, default=300, help="ProtoNet meta-training episodes")
+    p.add_argument("--support-temperature", type=float, default=0.2,
+                   help="temperature of the cosine head in the test-time inner loop's support loss")
+    p.set_defaults(prompt_tokens=0)
+    p.add_argument("--setfit-iterations", type=int, default=None,
+                   help="SetFit's num_iterations (default: SetFit's own sampling, as practitioners get it)")
+    args = p.parse_args(common.argv_of(argv))
+    settings = common.parse_settings(args.settings)
+    if args.quick:
+        args.episodes, args.setfit_episodes, args.train_episodes, args.val_episodes = 6, 3, 8, 3
+    if not 1 <= args.setfit_episodes <= args.episodes:
+        p.error(f"--setfit-episodes {args.setfit_episodes} must be between 1 and --episodes {args.episodes}")
+    args.output_dir = args.output_dir or os.path.join("runs", f"setfit_compare_{args.target}")
+    start = common.setup(args)
+    adapters = common.encoder_settings(args, quantization="nf4", lora_r=8, target_modules=["query", "value"],
+                                       compute_dtype=common.compute_dtype(args.compute_dtype),
+                                       support_temperature=args.support_temperature)
+    learner = metalearn.fit(load(args.target, n_way=(5, 10), k_shot=(1, 5), q_query=5), method="protonet",
+                            meta_steps=args.train_episodes, output_dir=os.path.join(args.output_dir, "train"),
+                            **common.meta_settings(adapters, args))
+    options = SetFitOptions(num_iterations=args.setfit_iterations)
+    rows = [row for n, k in settings for row in cell(learner, args, n, k, options)]
+    text = report(rows, args, common.argv_of(argv), time.time() - start)
+    return common.write_report(args.output_dir, text, {"rows": rows, "argv": common.argv_of(argv)})
+
+
+def cell(learner, args, n_way: int, k_shot: int, options: SetFitOptions) -> list[dict]:
+    """Every method on one setting's test episodes; SetFit on the first ``--setfit-episodes``."""
+    family = load(args.target, n_way=n_way, k_shot=k_shot, q_query=5)
+    recipe = metalearn.tune_recipe(learner, family, lr_grid=args.lr_grid, val_episodes=args.val_episodes,
+                                   seed=args.seed + 1, workers=args.workers)
+    harness = metalearn.evaluate({"protonet": learner}, family, baselines=["prototypes", "linear_probe", "random_init"],
+                                 steps=[recipe.steps], episodes=args.episodes, seed=args.seed, lr_grid=args.lr_grid,
+                                 val_episodes=args.val_episodes, workers=args.workers, progress=not args.quiet,
+                                 output_dir=os.path.join(args.output_dir, f"{n_way}x{k_shot}"))
+    per = {m: _column(harness, m, recipe.steps) for m in ("prototypes", "linear_probe", "random_init", "protonet")}
+    per["recipe"] = _recipe_column(learner, sample_tasks(family, "test", args.episodes, args.seed))
+    setfit = metalearn.evaluate({"protonet": learner}, family, baselines=["setfit"], steps=[0], lr_grid=None,
+                                episodes=args.setfit_episodes, seed=args.seed, workers=args.workers, setfit=options,
+                                progress=not args.quiet)
+    per["setfit"] = _column(setfit, "setfit", 0)
+    m = args.setfit_episodes
+    out = []
+    for method in METHODS:
+        acc, secs = per[method]
+        mean, ci = metrics.mean_ci(acc)
+        diff = metrics.paired_ci(acc[:m], per["setfit"][0][:m]) if method != "setfit" else (0.0, 0.0)
+        out.append({"setting": f"{n_way}-way {k_shot}-shot", "method": method, "accuracy": mean, "ci95": ci,
+                    "n": len(acc), "minus_setfit": diff[0], "minus_setfit_ci95": diff[1], "setfit_n": m,
+                    "seconds": float(np.mean(secs)), "seconds_ci95": metrics.mean_ci(secs)[1],
+                    "recipe": recipe.to_dict()})
+    return out
+
+
+def _column(results, method: str, steps: int) -> tuple[list[float], list[float]]:
+    """Per-episode accuracies and seconds of ``method`` at ``steps``, in episode order."""
+    acc = {r["episode"]: r["accuracy"] for r in results.records if r["method"] == method and r["steps"] == steps}
+    secs = {t["episode"]: t["seconds"] for t in results.timing if t["method"] == method and t["steps"] == steps}
+    return [acc[i] for i in sorted(acc)], [secs[i] for i in sorted(secs)]
+
+
+def _recipe_column(learner, tasks) -> tuple[list[float], list[float]]:
+    """What a user gets: ``learner.adapt(support)`` (saved recipe, guard by default), scored on the query."""
+    acc, secs = [], []
+    for task in tasks:
+        start = time.perf_counter()
+        pred = learner.adapt(task.support).predict(task.query)
+        secs.append(time.perf_counter() - start)
+        acc.append(metrics.accuracy(pred.cpu().numpy(), np.asarray(task.query["label"])))
+    return acc, secs
+
+
+def report(rows: list[dict], args, argv: list[str], seconds: float) -> str:
+    lines = [f"# SetFit side by side: {args.target} (all-MiniLM-L6-v2)", "",
+             f"`{common.command('setfit_compare', argv)}` — {seconds / 60:.1f} min", "",
+             "| setting | method | accuracy (95% CI) | episodes | − SetFit, paired | s / episode |", "|---" * 6 + "|"]
+    for r in rows:
+        diff = "—" if r["method"] == "setfit" else common.mean_ci(r["minus_setfit"], r["minus_setfit_ci95"])
+        lines.append(f"| {r['setting']} | {r['method']} | {common.mean_ci(r['accuracy'], r['ci95'])} | "
+                     f"{r['n']} | {diff} (first {r['setfit_n']}) | {r['seconds']:.2f} ± {r['seconds_ci95']:.2f} |")
+    recipes = {r["setting"]: r["recipe"] for r in rows}
+    lines += ["", "Recipes (chosen on validation classes): " + "; ".join(
+        f"{s}: {r['steps']} steps, step size x{r['scale']:g}" for s, r in recipes.items())]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -30,7 +30,9 @@ import numpy as np
 import metalearn
 from experiments import common
 from metalearn.eval import SetFitOptions, metrics, sample_tasks
+from metalearn.eval.workers import forked_map
 from metalearn.tasks import load
+from metalearn.views import evaluation_mode
 
 METHODS = ("prototypes", "linear_probe", "random_init", "protonet", "recipe", "setfit")
 
@@ -78,7 +80,7 @@ def cell(learner, args, n_way: int, k_shot: int, options: SetFitOptions) -> list
                                  val_episodes=args.val_episodes, workers=args.workers, progress=not args.quiet,
                                  output_dir=os.path.join(args.output_dir, f"{n_way}x{k_shot}"))
     per = {m: _column(harness, m, recipe.steps) for m in ("prototypes", "linear_probe", "random_init", "protonet")}
-    per["recipe"] = _recipe_column(learner, sample_tasks(family, "test", args.episodes, args.seed))
+    per["recipe"] = _recipe_column(learner, sample_tasks(family, "test", args.episodes, args.seed), args.workers)
     setfit = metalearn.evaluate({"protonet": learner}, family, baselines=["setfit"], steps=[0], lr_grid=None,
                                 episodes=args.setfit_episodes, seed=args.seed, workers=args.workers, setfit=options,
                                 progress=not args.quiet)
@@ -103,15 +105,18 @@ def _column(results, method: str, steps: int) -> tuple[list[float], list[float]]
     return [acc[i] for i in sorted(acc)], [secs[i] for i in sorted(secs)]
 
 
-def _recipe_column(learner, tasks) -> tuple[list[float], list[float]]:
+def _recipe_column(learner, tasks, workers: int) -> tuple[list[float], list[float]]:
     """What a user gets: ``learner.adapt(support)`` (saved recipe, guard by default), scored on the query."""
-    acc, secs = [], []
-    for task in tasks:
+
+    def one(task) -> tuple[float, float]:
         start = time.perf_counter()
         pred = learner.adapt(task.support).predict(task.query)
-        secs.append(time.perf_counter() - start)
-        acc.append(metrics.accuracy(pred.cpu().numpy(), np.asarray(task.query["label"])))
-    return acc, secs
+        seconds = time.perf_counter() - start
+        return metrics.accuracy(pred.cpu().numpy(), np.asarray(task.query["label"])), seconds
+
+    with evaluation_mode([learner]):
+        done = list(forked_map(one, list(tasks), workers))
+    return [a for a, _ in done], [s for _, s in done]
 
 
 def report(rows: list[dict], args, argv: list[str], seconds: float) -> str:

@@ -8,7 +8,8 @@ then, on the same test episodes of the target's held-out classes:
 * ``prototypes`` / ``linear_probe``: the frozen encoder (cosine prototypes; logistic regression);
 * ``random_init``: fine-tuning from the foundation, fresh LoRA (B = 0) and a prototype head, same inner loop;
 * ``protonet``: the meta-trained init adapted at the recipe's step count, unguarded (the harness's row);
-* ``recipe``: what a user gets, ``learner.adapt(task.support)`` with the saved recipe, guarded at K >= 2
+* ``recipe``: what a user gets, ``metalearn.load(saved).adapt(task.support)``: the learner saved with the
+  setting's recipe and loaded back (``<setting>/learner``), guarded at K >= 2
   by the task's own support folds (at K = 1 nothing can be held out, so it adapts);
 * ``setfit``: SetFit with its defaults, trained per episode from the same encoder folder, on the first
   ``--setfit-episodes`` episodes (it costs 20-30 s a 5-way 5-shot episode on one CPU thread).
@@ -47,6 +48,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     p.add_argument("--train-episodes", type=int, default=300, help="ProtoNet meta-training episodes")
     p.add_argument("--support-temperature", type=float, default=0.2,
                    help="temperature of the cosine head in the test-time inner loop's support loss")
+    p.add_argument("--guard-folds", type=int, default=None,
+                   help="support folds of the recipe's guard at K >= 2 (default: K, leave one shot out); each fold "
+                   "costs one more adaptation")
     p.set_defaults(prompt_tokens=0)
     p.add_argument("--setfit-iterations", type=int, default=None,
                    help="SetFit's num_iterations (default: SetFit's own sampling, as practitioners get it)")
@@ -54,6 +58,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     settings = common.parse_settings(args.settings)
     if args.quick:
         args.episodes, args.setfit_episodes, args.train_episodes, args.val_episodes = 6, 3, 8, 3
+    if args.guard_folds is not None and args.guard_folds < 2:
+        p.error(f"--guard-folds {args.guard_folds} is invalid: give at least 2 folds (or leave it out for K)")
     if not 1 <= args.setfit_episodes <= args.episodes:
         p.error(f"--setfit-episodes {args.setfit_episodes} must be between 1 and --episodes {args.episodes}")
     args.output_dir = args.output_dir or os.path.join("runs", f"setfit_compare_{args.target}")
@@ -74,13 +80,16 @@ def cell(learner, args, n_way: int, k_shot: int, options: SetFitOptions) -> list
     """Every method on one setting's test episodes; SetFit on the first ``--setfit-episodes``."""
     family = load(args.target, n_way=n_way, k_shot=k_shot, q_query=5)
     recipe = metalearn.tune_recipe(learner, family, lr_grid=args.lr_grid, val_episodes=args.val_episodes,
-                                   seed=args.seed + 1, workers=args.workers)
+                                   seed=args.seed + 1, folds=args.guard_folds, workers=args.workers)
+    saved = os.path.join(args.output_dir, f"{n_way}x{k_shot}", "learner")
+    learner.save(saved)  # with its recipe: the recipe row is what load(saved).adapt(support) does
     harness = metalearn.evaluate({"protonet": learner}, family, baselines=["prototypes", "linear_probe", "random_init"],
                                  steps=[recipe.steps], episodes=args.episodes, seed=args.seed, lr_grid=args.lr_grid,
                                  val_episodes=args.val_episodes, workers=args.workers, progress=not args.quiet,
                                  output_dir=os.path.join(args.output_dir, f"{n_way}x{k_shot}"))
     per = {m: _column(harness, m, recipe.steps) for m in ("prototypes", "linear_probe", "random_init", "protonet")}
-    per["recipe"] = _recipe_column(learner, sample_tasks(family, "test", args.episodes, args.seed), args.workers)
+    per["recipe"] = _recipe_column(metalearn.load(saved), sample_tasks(family, "test", args.episodes, args.seed),
+                                   args.workers)
     setfit = metalearn.evaluate({"protonet": learner}, family, baselines=["setfit"], steps=[0], lr_grid=None,
                                 episodes=args.setfit_episodes, seed=args.seed, workers=args.workers, setfit=options,
                                 progress=not args.quiet)
@@ -94,7 +103,7 @@ def cell(learner, args, n_way: int, k_shot: int, options: SetFitOptions) -> list
         out.append({"setting": f"{n_way}-way {k_shot}-shot", "method": method, "accuracy": mean, "ci95": ci,
                     "n": len(acc), "minus_setfit": diff[0], "minus_setfit_ci95": diff[1], "setfit_n": m,
                     "seconds": float(np.mean(secs)), "seconds_ci95": metrics.mean_ci(secs)[1],
-                    "recipe": recipe.to_dict()})
+                    "recipe": recipe.to_dict(), "per_episode": acc})
     return out
 
 

@@ -66,16 +66,20 @@ def numbers(text: str, kind: Callable = int) -> list:
     return [kind(item) for item in text.split(",") if item.strip()]
 
 
-def parse_settings(text: str, datasets: bool = False) -> list[tuple]:
+def parse_settings(text: str, datasets: bool = False, full_label: bool = False) -> list[tuple]:
     """Evaluation shapes, NxK (N-way, K-shot): '5x1,15x1' -> [(5, 1), (15, 1)]; with ``datasets`` each names its data
-    set: 'clinc150:5x1,hwu64:15x1' -> [('clinc150', 5, 1), ('hwu64', 15, 1)]."""
+    set: 'clinc150:5x1,hwu64:15x1' -> [('clinc150', 5, 1), ('hwu64', 15, 1)]. With ``full_label``, 'allxK' is the
+    full-label protocol (every class, K shots each, the whole test split): N is None."""
     form, example = ("DATASET:NxK", "clinc150:5x1,hwu64:15x1") if datasets else ("NxK", "5x1,5x5,15x1")
+    if full_label:
+        form, example = "NxK or allxK", "5x1,5x5,allx5"
     out = []
     for item in text.split(","):
         try:
             dataset, shape = item.split(":") if datasets else (None, item)
             n_way, k_shot = shape.lower().split("x")
-            out.append((dataset, int(n_way), int(k_shot)) if datasets else (int(n_way), int(k_shot)))
+            n = None if full_label and n_way == "all" else int(n_way)
+            out.append((dataset, n, int(k_shot)) if datasets else (n, int(k_shot)))
         except ValueError:
             raise SystemExit(f"--settings item {item!r} is not {form}, e.g. {example}") from None
     return out

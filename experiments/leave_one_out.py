@@ -21,6 +21,12 @@ Methods, each cell a paired difference from the frozen encoder (cosine prototype
   for the target pooled over its tasks' folds (``guard.decide_gated``), at K = 1 per target on the
   validation classes (``metalearn.eval.guard``).
 
+Full-label cells (``--settings allx5,allx10``, CLINC150 and HWU64 only): the intent literature's protocol, every
+class of the target in one task (150-way, 64-way), K support examples per class from the official train split,
+the whole official test split as queries, one task per seed (``--full-seeds``); validation queries come from the
+official val split (HWU64: a held-out tenth of train). The guard is per target there, on those validation tasks.
+An in-domain row never gets them: its meta-training read the target's intents from every official split.
+
 Inner learning rates are chosen per method and step count on validation episodes, by accuracy. A held-out
 target's validation classes are all its non-test classes (nothing of it is trained on); its test classes are
 those of the earlier run (README) for HWU64 and FewRel, the specs' for CLINC150 and HuffPost.
@@ -29,6 +35,8 @@ those of the earlier run (README) for HWU64 and FewRel, the specs' for CLINC150 
     python -m experiments.leave_one_out              # the full experiment: 600 paired episodes per cell
     python -m experiments.leave_one_out --targets huffpost --resume   # add cells to an earlier run's table
     python -m experiments.leave_one_out --guard-only   # the guarded rows again, after a change to the guard
+    python -m experiments.leave_one_out --targets clinc150,hwu64 --in-domain '' --settings allx5,allx10 \
+        --steps 0 3 --output-dir runs/full_label         # the full-label protocol, 5 seeds per cell
 
 Writes ``summary.md``/``summary.json``, ``loo_heatmap.png`` and each cell's harness files under ``--output-dir``.
 """
@@ -38,6 +46,7 @@ import argparse
 import os
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import metalearn
 from experiments import common
@@ -50,6 +59,8 @@ DATASETS = ("clinc150", "hwu64", "fewrel", "huffpost")
 TARGET_SPLITS = {"hwu64": [0.25, 0.25, 0.5], "fewrel": [0.34, 0.33, 0.33]}
 """Class splits of HWU64 and FewRel as targets: the earlier run's (README), so the test classes are the same."""
 BASELINES = ["prototypes", "linear_probe", "random_init"]
+FULL_LABEL = {"clinc150": "clinc150_full", "hwu64": "hwu64_full"}
+"""The targets with a full-label spec (``allxK`` settings): their official train / val / test splits."""
 NAMED = ("clinc150", "hwu64", "fewrel")
 """Data sets whose classes have readable names (``--class-names``); HuffPost's are numbers."""
 
@@ -105,10 +116,16 @@ def sources_for(row: Row, args) -> metalearn.tasks.Mixture:
     return mix(families, weights=weights, name="+".join(row.sources))
 
 
-def target_for(row: Row, n_way: int, k_shot: int, class_names: bool = False):
+def target_for(row: Row, n_way: Optional[int], k_shot: int, class_names: bool = False):
     """The target's episodes: its test classes; validation on the classes no learner saw. None if N is too large.
 
-    ``class_names``: each class's name joins its support examples, where the data set has readable names."""
+    ``n_way=None``: the full-label family (every class, the official splits); None for a target without one or
+    an in-domain row. ``class_names``: each class's name joins its support examples, where the data set has
+    readable names."""
+    if n_way is None:
+        if row.in_domain or row.target not in FULL_LABEL:
+            return None  # in-domain: meta-training read every official split of the target's training intents
+        return load(FULL_LABEL[row.target], k_shot=k_shot, class_names=class_names and row.target in NAMED)
     spec = conventional(row.target)
     train, val, test = (spec.classes(s) for s in ("train", "val", "test"))
     if not row.in_domain:
@@ -146,37 +163,48 @@ def train(row: Row, mixture, args, out: str) -> dict[str, metalearn.Learner]:
     return learners
 
 
-def evaluate_cell(row: Row, learners: dict, family, n_way: int, k_shot: int, args, out: str) -> tuple[list, dict]:
+def episodes_of(n_way: Optional[int], args) -> tuple[int, int]:
+    """Test and validation tasks of a cell: ``--episodes`` / ``--val-episodes``, or per seed for full-label cells."""
+    return (args.episodes, args.val_episodes) if n_way else (args.full_seeds, args.full_val_episodes)
+
+
+def evaluate_cell(row: Row, learners: dict, family, n_way: Optional[int], k_shot: int, args,
+                  out: str) -> tuple[list, dict]:
     """Every method on the cell's test episodes, then the guarded ProtoMAML; rows for the summary and the guard's
     record."""
-    results = metalearn.evaluate(learners, family, baselines=BASELINES, steps=args.steps, episodes=args.episodes,
-                                 lr_grid=args.lr_grid, val_episodes=args.val_episodes, seed=args.seed,
+    episodes, val_episodes = episodes_of(n_way, args)
+    results = metalearn.evaluate(learners, family, baselines=BASELINES, steps=args.steps, episodes=episodes,
+                                 lr_grid=args.lr_grid, val_episodes=val_episodes, seed=args.seed,
                                  reference="prototypes", progress=not args.quiet, workers=args.workers)
     return guarded_rows(row, results, learners["protomaml"], family, n_way, k_shot, args, out)
 
 
-def guarded_rows(row: Row, results, meta, family, n_way: int, k_shot: int, args, out: str) -> tuple[list, dict]:
+def guarded_rows(row: Row, results, meta, family, n_way: Optional[int], k_shot: int, args,
+                 out: str) -> tuple[list, dict]:
     """The guarded ProtoMAML added to a cell's results (saved to its folder); the cell's summary rows and guard record.
 
     K >= 2: per task from its support folds, behind a verdict pooled over the cell's tasks' folds
-    (``guard.decide_gated``); K = 1: per target on the validation classes (``guard.choose``).
+    (``guard.decide_gated``); K = 1, and full-label cells (a 150-way task's folds would cost K more 150-way
+    adaptations per seed): per target on the validation tasks (``guard.choose``).
     """
+    episodes, val_episodes = episodes_of(n_way, args)
     cell = cell_name(row, n_way, k_shot)
     last = max(args.steps)
     tuned = [t["scale"] for t in results.tuning if t["method"] == "protomaml" and t["steps"] == last]
     scale = tuned[0] if tuned else 1.0
-    if k_shot >= 2:
-        choices, verdict = guard.decide_gated(meta, sample_tasks(family, "test", args.episodes, args.seed),
+    if k_shot >= 2 and n_way is not None:
+        choices, verdict = guard.decide_gated(meta, sample_tasks(family, "test", episodes, args.seed),
                                               steps=last, scale=scale, folds=args.guard_folds, workers=args.workers)
         record = {"kind": "per task (support folds), behind a verdict pooled over the tasks' folds",
                   "verdict": verdict["use"], "held_out_difference": verdict["held_out_difference"],
                   "ci95": verdict["ci95"],
                   "adapted": sum(c["use"] == "meta" for c in choices) / len(choices)}
     else:
-        choice = guard.choose(meta, family, foundation="prototypes", steps=last, episodes=args.guard_episodes,
-                              metric="accuracy", seed=args.seed, scale=scale, workers=args.workers)
-        choices = [choice] * args.episodes
-        record = {"kind": "per target (validation classes)", "adapted": float(choice["use"] == "meta"),
+        choice = guard.choose(meta, family, foundation="prototypes", steps=last,
+                              episodes=args.guard_episodes if n_way else val_episodes, metric="accuracy",
+                              seed=args.seed, scale=scale, workers=args.workers)
+        choices = [choice] * episodes
+        record = {"kind": "per target (validation " + ("classes)" if n_way else "queries)"), "adapted": float(choice["use"] == "meta"),
                   "val": choice["val"]}
     results = guard.combine(results, "protomaml", "prototypes", last, choices)
     results.save(cell_folder(out, row, n_way, k_shot))
@@ -192,9 +220,9 @@ def guard_again(summary: dict, args, out: str, rows_wanted: list[Row]) -> None:
     wanted = {(r.target, r.in_domain) for r in rows_wanted}
     for cell in list(dict.fromkeys(r["cell"] for r in summary["rows"])):
         target, in_domain, n_way, k_shot = CELL.fullmatch(cell).groups()
-        row, n_way, k_shot = Row(target, [], bool(in_domain)), int(n_way), int(k_shot)
-        if k_shot < 2 or (target, bool(in_domain)) not in wanted:
-            continue  # the per-target guard of K = 1 is unchanged; other rows were not asked for
+        row, n_way, k_shot = Row(target, [], bool(in_domain)), None if n_way == "all" else int(n_way), int(k_shot)
+        if k_shot < 2 or n_way is None or (target, bool(in_domain)) not in wanted:
+            continue  # the per-target guards (K = 1, full-label) are unchanged; other rows were not asked for
         row_dir = row_folder(out, row)
         results = EvalResults.load(cell_folder(row_dir, row, n_way, k_shot)).without("protomaml+guard")
         meta = metalearn.load(os.path.join(row_dir, "train_protomaml", "learner"))
@@ -207,8 +235,9 @@ def guard_again(summary: dict, args, out: str, rows_wanted: list[Row]) -> None:
         common.write_json(os.path.join(out, "summary.json"), summary)
 
 
-def cell_name(row: Row, n_way: int, k_shot: int) -> str:
-    return f"{row.label} {n_way}w{k_shot}s"
+def cell_name(row: Row, n_way: Optional[int], k_shot: int) -> str:
+    """'hwu64 5w1s'; 'hwu64 allw5s' for the full-label protocol."""
+    return f"{row.label} {n_way or 'all'}w{k_shot}s"
 
 
 def row_folder(out: str, row: Row) -> str:
@@ -216,9 +245,9 @@ def row_folder(out: str, row: Row) -> str:
     return os.path.join(out, row.target + ("_in" if row.in_domain else "_loo"))
 
 
-def cell_folder(row_dir: str, row: Row, n_way: int, k_shot: int) -> str:
+def cell_folder(row_dir: str, row: Row, n_way: Optional[int], k_shot: int) -> str:
     """Where a cell's evaluation results are saved, inside its row's folder."""
-    return os.path.join(row_dir, f"{row.target}{'_in' if row.in_domain else ''}_{n_way}way_{k_shot}shot")
+    return os.path.join(row_dir, f"{row.target}{'_in' if row.in_domain else ''}_{n_way or 'all'}way_{k_shot}shot")
 
 
 RUN_ARGS = {"quick", "output_dir", "targets", "in_domain", "settings", "threads", "workers", "quiet", "report_only",
@@ -230,7 +259,7 @@ def resumed(previous: dict, args) -> dict:
     """The summary of an earlier run to extend (``--resume``), if it computed its cells the way ``args`` would."""
     now = {k: v for k, v in vars(args).items() if k not in RUN_ARGS}
     added_later = {"class_names": "none", "in_domain_weight": 1.0,  # what runs from before these options computed
-                   "lora_r": 8, "lora_targets": ["query", "value"]}
+                   "lora_r": 8, "lora_targets": ["query", "value"], "full_seeds": 5, "full_val_episodes": 2}
     then = {**added_later, **{k: v for k, v in previous["args"].items() if k not in RUN_ARGS}}
     differ = sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k))
     if differ:
@@ -264,7 +293,13 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--targets", default=",".join(DATASETS),
                    help="leave-one-out targets, comma separated; TARGET=SRC+SRC names the sources explicitly")
     p.add_argument("--in-domain", default="clinc150", help="the in-domain row's data set ('' to skip)")
-    p.add_argument("--settings", default="5x1,5x5,15x1", help="NxK settings (skipped where a split is too small)")
+    p.add_argument("--settings", default="5x1,5x5,15x1",
+                   help="NxK settings (skipped where a split is too small); allxK: the full-label protocol "
+                   f"({', '.join(FULL_LABEL)}, held out only)")
+    p.add_argument("--full-seeds", type=int, default=5, help="full-label cells: seeds, one task each")
+    p.add_argument("--full-val-episodes", type=int, default=2,
+                   help="full-label cells: validation tasks (each queries the whole val split) for the "
+                   "inner-lr search and the guard")
     common.add_encoder_arguments(p, episodes=600, episodes_help="paired test episodes per cell", val_episodes=50)
     p.add_argument("--train-episodes", type=int, default=300, help="meta-training episodes per method and row")
     p.add_argument("--in-domain-weight", type=float, default=1.0,
@@ -321,7 +356,10 @@ def run(args, rows: list[Row], settings: list[tuple[int, int]], summary: dict) -
             if family is not None:
                 todo[n_way, k_shot] = family
             elif cell_name(row, n_way, k_shot) not in done:
-                print(f"skipping {row.label} {n_way}w{k_shot}s: too few validation or test classes for {n_way}-way")
+                why = (f"too few validation or test classes for {n_way}-way" if n_way else
+                       "the in-domain row read every official split" if row.in_domain else
+                       f"full-label cells exist for {', '.join(FULL_LABEL)}")
+                print(f"skipping {cell_name(row, n_way, k_shot)}: {why}")
         if not todo:
             print(f"{row.label}: no cell left to run")
             continue
@@ -354,10 +392,13 @@ def main(argv=None) -> None:
         print(report(summary, out))
         return
     rows = parse_rows(args.targets, args.in_domain, list(DATASETS))  # bad input fails before any work
-    settings = common.parse_settings(args.settings)
+    settings = common.parse_settings(args.settings, full_label=True)
     if not args.in_domain_weight > 0:
         raise SystemExit(f"--in-domain-weight {args.in_domain_weight} is invalid; give a positive share (1 = as much "
                          "as each other source)")
+    if args.full_seeds < 1 or args.full_val_episodes < 1:
+        raise SystemExit(f"--full-seeds {args.full_seeds} / --full-val-episodes {args.full_val_episodes}: give "
+                         "positive counts (5 seeds and 2 validation tasks are the defaults)")
     check_adapters(args)
     summary_path = os.path.join(out, "summary.json")
     summary = {"args": {k: v for k, v in vars(args).items()}, "rows": [], "guard": {}, "runs": []}

@@ -34,8 +34,9 @@ def checkout() -> str:
 
 TABLE_METHODS = [("protomaml", "last"), ("protomaml+guard", "last"), ("protonet", 0), ("protonet", "last"),
                  ("finetune", "last"), ("random_init", "last"), ("linear_probe", "last"), ("prototypes", "last")]
-CELL = re.compile(r"(\w+)( \(in-domain\))? (\d+)w(\d+)s")
-"""A cell's name, as ``leave_one_out.cell_name`` writes it: 'hwu64 5w1s', 'clinc150 (in-domain) 15w1s'."""
+CELL = re.compile(r"(\w+)( \(in-domain\))? (\d+|all)w(\d+)s")
+"""A cell's name, as ``leave_one_out.cell_name`` writes it: 'hwu64 5w1s', 'clinc150 (in-domain) 15w1s', and
+'hwu64 allw5s' for the full-label protocol (every class, 5 shots each)."""
 
 
 def cell_order(cells: list[str]) -> list[str]:
@@ -48,7 +49,8 @@ def cell_order(cells: list[str]) -> list[str]:
 
     def key(c: str):
         target, in_domain, n_way, k_shot = CELL.fullmatch(c).groups()
-        return bool(in_domain), first[bool(in_domain), target], -int(k_shot), int(n_way)
+        full = n_way == "all"  # full-label cells after the N-way ones
+        return bool(in_domain), first[bool(in_domain), target], full, -int(k_shot), 0 if full else int(n_way)
     return sorted(cells, key=key)
 
 

@@ -322,7 +322,7 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate saved learners and baselines on held-out tasks",
                        description="Adapt every learner and baseline on the same held-out test episodes and score "
-                       "them: mean ± 95% CI (1.96·std/√n), paired differences, JSON/CSV/markdown/PNG.")
+                       "them: mean ± 95% CI (t·std/√n; 1.96 at 600 episodes), paired differences, JSON/CSV/markdown/PNG.")
     e.add_argument("--learner", action="append", default=[], metavar="[NAME=]DIR",
                    help="a `metalearn fit` output folder (model rebuilt from its run.json) or a saved learner "
                    "folder; repeat for several; NAME defaults to the learner's method")

@@ -7,7 +7,7 @@ head initialized from prototypes (ProtoMAML) is adapted and differentiated like 
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,23 @@ def outputs(model: TaskModel, params: Params, batch: Batch) -> torch.Tensor:
     """The model's forward with ``params`` substituted for its adaptable tensors."""
     return functional_call(model, {"module." + k: v for k, v in module_params(params).items()}, (batch,),
                            strict=False)
+
+
+def pooled(model: TaskModel, params: Params, texts: Sequence[str], batch_size: int) -> torch.Tensor:
+    """Pooled features (len(texts), hidden) in the given order, computed in batches of texts of similar length.
+
+    One padded batch of texts of mixed lengths spends much of its compute on padding (half, for
+    CLINC150 queries); sorted by token count, each batch pads only to its own longest text.
+    """
+    lengths = [len(ids) for ids in model.tokenizer(list(texts), truncation=True, max_length=model.max_length)["input_ids"]]
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    out: list[torch.Tensor] = [torch.empty(0)] * len(texts)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        batch = model.encode({"text": [texts[i] for i in rows], "label": [0] * len(rows)}, "classification")
+        for i, feat in zip(rows, outputs(model, params, batch)):  # (rows, hidden)
+            out[i] = feat
+    return torch.stack(out)
 
 
 def logits(model: TaskModel, params: Params, batch: Batch, temperature: Optional[float] = None) -> torch.Tensor:

@@ -16,12 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .functional import head_logits, logits, outputs
+from .functional import head_logits, logits, outputs, pooled
 from .tasks.folds import support_folds
 from .tasks.task import Task
 from .types import Params
 
 __all__ = ["AdaptedModel", "decide", "guard_decision"]
+
+PREDICT_BATCH = 64
+"""Texts per forward pass when an encoder classifies: batches of similar length (``functional.pooled``), so a
+whole test split (CLINC150's 4,500 queries) is neither one huge padded batch nor mostly padding."""
 
 
 class AdaptedModel:
@@ -62,10 +66,15 @@ class AdaptedModel:
             return float(self.learner.loss(self.params, batch, self.kind))
 
     def predict(self, examples: Mapping[str, Any], max_new_tokens: int = 32) -> Any:
-        """Class indices (classification), outputs (regression) or greedy completions (generation)."""
+        """Class indices (classification), outputs (regression) or greedy completions (generation).
+
+        An encoder classifies ``examples["text"]`` in batches of ``PREDICT_BATCH`` texts of similar length."""
         if self.kind == "generation":
             return self.generate(list(examples["prompt"]), max_new_tokens)
         with torch.no_grad(), self._model() as model:
+            if self.kind == "classification" and model.model_type == "encoder":
+                return head_logits(model, self.params, pooled(model, self.params, list(examples["text"]),
+                                                              PREDICT_BATCH)).argmax(-1)
             batch = model.encode(examples, self.kind)
             if self.kind == "classification":
                 return self._logits(model, batch).argmax(-1)

@@ -9,10 +9,14 @@ from hypothesis import strategies as st
 from metalearn.eval import metrics
 
 
-def test_mean_ci_is_1_96_std_over_sqrt_n():
+def test_mean_ci_is_student_t_std_over_sqrt_n():
     mean, half = metrics.mean_ci([1.0, 2.0, 3.0])  # sample std = 1
     assert mean == 2.0
-    assert half == pytest.approx(1.96 / math.sqrt(3))
+    assert half == pytest.approx(4.303 / math.sqrt(3), rel=1e-3)  # t(0.975, 2) from a printed table
+
+
+def test_t_quantile_against_printed_table():  # Student's t, two-sided 95%: df 4, 29, 599 -> 2.776, 2.045, 1.964
+    assert [round(metrics.t95(n), 3) for n in (5, 30, 600)] == [2.776, 2.045, 1.964]
 
 
 @settings(max_examples=50, deadline=None)
@@ -20,7 +24,7 @@ def test_mean_ci_is_1_96_std_over_sqrt_n():
 def test_mean_ci_matches_numpy(values):
     mean, half = metrics.mean_ci(values)
     assert mean == pytest.approx(np.mean(values), abs=1e-9)
-    assert half == pytest.approx(1.96 * np.std(values, ddof=1) / math.sqrt(len(values)), abs=1e-9)
+    assert half == pytest.approx(metrics.t95(len(values)) * np.std(values, ddof=1) / math.sqrt(len(values)), abs=1e-9)
 
 
 def test_mean_ci_of_one_value_has_no_width():

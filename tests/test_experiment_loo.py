@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from experiments import leave_one_out
+from experiments import common, leave_one_out
 from experiments.loo_report import across, cell_order
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -183,3 +183,25 @@ def test_cells_in_one_order_whatever_order_runs_added_them():
              "clinc150 (in-domain) 5w5s", "clinc150 15w1s"]
     assert cell_order(added) == ["fewrel 5w5s", "fewrel 5w1s", "hwu64 5w5s", "hwu64 5w1s", "hwu64 15w1s",
                                  "clinc150 15w1s", "clinc150 (in-domain) 5w5s", "clinc150 (in-domain) 15w1s"]
+
+
+def test_full_label_cells_only_for_held_out_intent_targets():
+    loo = example()
+    assert common.parse_settings("5x1,allx5,ALLx10", full_label=True) == [(5, 1), (None, 5), (None, 10)]
+    with pytest.raises(SystemExit, match="'allx5' is not NxK"):
+        common.parse_settings("allx5")  # the other experiments have no full-label cells
+    hwu, fewrel, in_domain = loo.parse_rows("hwu64,fewrel", "clinc150", list(loo.DATASETS))
+    family = loo.target_for(hwu, None, 5)
+    task = family.sample("test", np.random.default_rng(0))
+    assert task.n_way == 64 and len(task.support["text"]) == 64 * 5 and len(task.query["text"]) == 1076
+    assert loo.target_for(in_domain, None, 5) is None  # its meta-training read CLINC150's train/val/test rows
+    assert loo.target_for(fewrel, None, 5) is None  # no official full-label splits
+    assert loo.cell_name(hwu, None, 5) == "hwu64 allw5s"
+    assert loo.cell_folder("out", hwu, None, 5) == os.path.join("out", "hwu64_allway_5shot")
+    args = argparse.Namespace(episodes=600, val_episodes=50, full_seeds=5, full_val_episodes=2)
+    assert loo.episodes_of(5, args) == (600, 50) and loo.episodes_of(None, args) == (5, 2)
+    assert cell_order(["hwu64 allw10s", "hwu64 allw5s", "hwu64 5w1s", "hwu64 5w5s"]) == [
+        "hwu64 5w5s", "hwu64 5w1s", "hwu64 allw10s", "hwu64 allw5s"]
+    with pytest.raises(SystemExit, match="--full-seeds 0"):
+        loo.main(["--full-seeds", "0", "--output-dir", os.path.join(ROOT, "runs", "never")])
+    assert not os.path.exists(os.path.join(ROOT, "runs", "never"))

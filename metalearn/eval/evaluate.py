@@ -14,8 +14,8 @@ The protocol, top to bottom:
 4. Adapt on the support set only (the query set is not even encoded into the episode that adaptation
    sees), then score on the query set (``score.py``). Non-adapting baselines score once per episode.
 5. Time: wall seconds per episode of each method's adaptation and scoring (``EvalResults.seconds``).
-6. Summarize: mean and 95% interval ``mean ± 1.96·std/√n`` (sample std) per method, shot count, step
-   count and metric, and paired differences against a reference method with their own interval.
+6. Summarize: mean and 95% interval ``mean ± t·std/√n`` (sample std, Student t: 1.96 at 600 episodes) per
+   method, shot count, step count and metric, and paired differences against a reference method with their own interval.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ DEFAULT_LR_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
 """Multipliers of each method's own inner step sizes (``config.inner.lr``, or Meta-SGD's learned ones)."""
 DEFAULT_EPISODES = {"classification": 600, "regression": 600, "generation": 100}
 """600 test episodes is the few-shot classification convention; greedy decoding makes generation costlier."""
-INTERVAL = "95% CI: mean ± 1.96·std/sqrt(n), sample std (ddof=1), normal approximation"
+INTERVAL = "95% CI: mean ± t·std/sqrt(n), sample std (ddof=1), Student t with n-1 df (1.96 at n = 600)"
 
 
 def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: FamilyOrFactory, *,

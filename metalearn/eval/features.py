@@ -16,13 +16,13 @@ from typing import Callable, ContextManager, Optional, Sequence
 
 import torch
 
-from ..functional import head_logits, outputs, prototypes
+from ..functional import head_logits, pooled, prototypes
 from ..model import TaskModel
 from ..tasks.task import Task
 from ..types import Params
 from .metrics import classification_scores
 
-__all__ = ["FeatureCache", "pooled", "step0_scores"]
+__all__ = ["FeatureCache", "step0_scores"]
 
 
 class FeatureCache:
@@ -55,23 +55,6 @@ class FeatureCache:
         with torch.no_grad(), self.context():
             self.rows.update(zip(texts, pooled(self.model, self.params, texts, self.batch_size)))
         self.encoded += len(texts)
-
-
-def pooled(model: TaskModel, params: Params, texts: Sequence[str], batch_size: int) -> torch.Tensor:
-    """Pooled features (len(texts), hidden) in the given order, computed in batches of texts of similar length.
-
-    One padded batch of texts of mixed lengths spends much of its compute on padding (half, for
-    CLINC150 queries); sorted by token count, each batch pads only to its own longest text.
-    """
-    lengths = [len(ids) for ids in model.tokenizer(list(texts), truncation=True, max_length=model.max_length)["input_ids"]]
-    order = sorted(range(len(texts)), key=lambda i: lengths[i])
-    out: list[torch.Tensor] = [torch.empty(0)] * len(texts)
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        batch = model.encode({"text": [texts[i] for i in rows], "label": [0] * len(rows)}, "classification")
-        for i, feat in zip(rows, outputs(model, params, batch)):  # (rows, hidden)
-            out[i] = feat
-    return torch.stack(out)
 
 
 def step0_scores(cache: FeatureCache, start: Params, task: Task, prototype_head: bool) -> dict[str, float]:

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from ..functional import head_logits, logits, outputs
+from ..functional import head_logits, logits, outputs, pooled
 from ..learner import Learner
 from ..model import TaskModel
 from ..tasks.task import Task
@@ -25,7 +25,7 @@ def score_params(learner: Learner, params: Params, task: Task, *, generate: bool
     """Metrics of adapted ``params`` on ``task.query``: MSE; accuracy/macro-F1/NLL; or NLL/EM/ROUGE/BLEU.
 
     ``by_length=B`` (encoder classification): encode the query texts in batches of at most B texts of
-    similar length (``features.pooled``) instead of one padded batch: less padding, the same numbers up
+    similar length (``functional.pooled``) instead of one padded batch: less padding, the same numbers up
     to floating-point rounding.
     """
     query, model = task.query, learner.model
@@ -35,8 +35,6 @@ def score_params(learner: Learner, params: Params, task: Task, *, generate: bool
             return {"mse": metrics.mse(outputs(model, params, batch).cpu(), batch["y"].cpu())}
         if task.kind == "classification":
             if by_length and model.model_type == "encoder":
-                from .features import pooled
-
                 feats = pooled(model, params, list(query["text"]), by_length)  # (n_query, hidden)
                 labels = torch.as_tensor(query["label"]).long().to(feats.device)
                 return classification_scores(head_logits(model, params, feats), labels)

@@ -112,8 +112,13 @@ def report(summary: dict, out: str) -> str:
         return f"`{common.command('leave_one_out', run['argv'])}`" + (f" ({', '.join(notes)})" if notes else "")
 
     commands = "; then ".join(quoted(r) for r in runs)
+    cells = {r["cell"] for r in summary["rows"]}
+    shapes = ([f"N-way cells: {args['episodes']} paired test episodes, 5 queries per class"]
+              if any(CELL.fullmatch(c).group(3) != "all" for c in cells) else []) + (
+        [f"full-label cells (allw): {args.get('full_seeds', 5)} seeds, each one task of every class with the whole "
+         "official test split as queries"] if any(CELL.fullmatch(c).group(3) == "all" for c in cells) else [])
     text = (f"# Leave one data set out, all-MiniLM-L6-v2 in NF4\n\n"
-            f"{args['episodes']} paired test episodes per cell, 5 queries per class; adapting methods after the step "
+            f"{'; '.join(shapes) or 'no cells yet'}; adapting methods after the step "
             f"count shown, inner learning rates chosen on validation episodes by accuracy.\n"
             f"Command{'s' if len(runs) > 1 else ''}: {commands}.\n\n"
             + tables(summary, out) + "\n")

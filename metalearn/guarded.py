@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .functional import head_logits, logits, outputs, pooled
+from .model import eval_mode
 from .tasks.folds import support_folds
 from .tasks.task import Task
 from .types import Params
@@ -47,11 +48,13 @@ class AdaptedModel:
         self.use = use
         self.decision = decision or {"use": use}
 
+    @contextlib.contextmanager
     def _model(self):
-        """The TaskModel to compute with: the learner's, or its frozen base for the foundation."""
-        if self.use == "foundation":
-            return self.learner.frozen()
-        return contextlib.nullcontext(self.learner.model)
+        """The TaskModel to compute with, in eval mode (no dropout): the learner's, or its frozen base for the
+        foundation."""
+        with eval_mode(self.learner.model), (self.learner.frozen() if self.use == "foundation"
+                                             else contextlib.nullcontext(self.learner.model)) as model:
+            yield model
 
     def _logits(self, model, batch) -> torch.Tensor:
         if self.use == "foundation":
@@ -84,7 +87,8 @@ class AdaptedModel:
         """Greedy decoding with the adapted parameters (no sampling, so results are reproducible)."""
         from .generate import greedy
 
-        return greedy(self.learner.model, self.learner.adapted, self.params, prompts, max_new_tokens)
+        with eval_mode(self.learner.model):
+            return greedy(self.learner.model, self.learner.adapted, self.params, prompts, max_new_tokens)
 
     def as_module(self) -> nn.Module:
         """Load the adapted tensors into the shared peft module and return it (e.g. for ``.generate``)."""

@@ -28,7 +28,7 @@ from .guarded import AdaptedModel, guard_decision
 from .inner import build as build_optimizer
 from .inner import initial_step_sizes, unroll
 from .inner.batched import unroll_batched
-from .model import TaskModel
+from .model import TaskModel, eval_mode
 from .saved import CONFIG_FILE, STATE_FILE
 from .tasks.task import Task
 from .types import Batch, Params
@@ -269,17 +269,19 @@ class Learner:
         the frozen foundation (``guarded.decide``; needs K >= 2 per class), ``False`` always adapts, ``"meta"`` or
         ``"foundation"`` applies a verdict made elsewhere (say pooled over many tasks, ``eval.guard``). The
         default is the recipe's guard, on for classification at K >= 2. ``adapted.decision`` says which way
-        it went and why.
+        it went and why. The model runs in eval mode (no dropout) throughout, whatever mode it was left in.
         """
         task = support if isinstance(support, Task) else Task(support, support, kind or self._default_kind(),
                                                               task_id="user")
         recipe = self.recipe
         steps = steps if steps is not None else recipe.steps if recipe else None
         scale = scale if scale is not None else recipe.scale if recipe else 1.0
-        decision = guard_decision(self, task, guard, steps, scale)
-        if decision["use"] == "foundation":
-            return AdaptedModel(self, self.foundation_head(task), task.kind, [], use="foundation", decision=decision)
-        fast, losses = self.adapt_params(self.episode(task), steps, scale)
+        with eval_mode(self.model):
+            decision = guard_decision(self, task, guard, steps, scale)
+            if decision["use"] == "foundation":
+                return AdaptedModel(self, self.foundation_head(task), task.kind, [], use="foundation",
+                                    decision=decision)
+            fast, losses = self.adapt_params(self.episode(task), steps, scale)
         return AdaptedModel(self, fast, task.kind, losses, decision=decision)
 
     def write_params(self, params: Params) -> None:

@@ -11,12 +11,29 @@ library only sees ``encode(examples) -> Batch`` and ``forward(batch)``:
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import contextlib
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from .types import IGNORE, Batch
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """``module`` and every submodule in eval mode (no dropout) while open; each one's own mode put back after.
+
+    Models come out of ``from_pretrained`` + peft, and out of meta-training, in training mode (dropout 0.1 in
+    BERT-style encoders): adapting and predicting for a user must not draw dropout masks.
+    """
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
 
 
 class TaskModel(nn.Module):

@@ -16,6 +16,7 @@ import torch
 from .adapters import adaptable_params, init_prompt_from_text, write_params
 from .config import RunConfig
 from .learner import Learner
+from .model import eval_mode
 from .quant import transformable_4bit
 
 __all__ = ["evaluation_mode", "random_init"]
@@ -30,18 +31,14 @@ def evaluation_mode(learners: Sequence[Learner]) -> Iterator[None]:
     """
     modules = {id(lr.adapted.module): lr.adapted.module for lr in learners}.values()
     adapted = {id(lr.adapted): lr.adapted for lr in learners}.values()
-    flags = [(m, m.training) for root in modules for m in root.modules()]
     saved = [(a, {n: t.detach().clone() for n, t in adaptable_params(a).items()}) for a in adapted]
-    for root in modules:
-        root.eval()
     try:
         with contextlib.ExitStack() as stack:
             for root in modules:
+                stack.enter_context(eval_mode(root))
                 stack.enter_context(transformable_4bit(root))
             yield
     finally:
-        for m, training in flags:
-            m.training = training
         for a, values in saved:
             write_params(a, values)
 

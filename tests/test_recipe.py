@@ -131,3 +131,26 @@ def test_a_corrupted_saved_recipe_is_a_clear_error(tmp_path):
         json.dump(meta, f)
     with pytest.raises(ValueError, match="its recipe is corrupted.*recipe.steps='many'"):
         metalearn.load(path, model=small_bert())
+
+
+def test_adapt_and_predict_run_without_dropout_and_leave_the_mode_as_found():
+    learner = encoder_learner()  # built from a model in training mode: BERT's dropout 0.1 is live
+    module = learner.model
+    assert module.training and any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in module.modules())
+    t = task(2)
+    runs = [learner.adapt(t.support, steps=2, guard=False) for _ in range(2)]
+    assert runs[0].support_losses == runs[1].support_losses  # no dropout mask was drawn
+    assert all(torch.equal(runs[0].params[n], runs[1].params[n]) for n in runs[0].params)
+    assert torch.equal(runs[0].predict(t.query), runs[1].predict(t.query))
+    module.eval()
+    reference = learner.adapt(t.support, steps=2, guard=False)  # the same numbers in eval mode by hand
+    assert all(torch.equal(reference.params[n], runs[0].params[n]) for n in reference.params)
+    module.train()
+    assert all(m.training for m in module.modules())  # adapt/predict put every submodule's mode back
+    learner.adapt(t.support, steps=1, guard=False).predict(t.query)
+    assert all(m.training for m in module.modules())
+    module.train()
+    with torch.random.fork_rng():  # in training mode, the same loop does draw masks: the test can fail
+        noisy = [learner.adapt_params(learner.episode(Task(t.support, t.support, "classification")), 2)[1]
+                 for _ in range(2)]
+    assert noisy[0] != noisy[1]

@@ -19,6 +19,11 @@ against SetFit on the episodes it ran. Seconds are wall seconds per episode to a
 
     python -m experiments.setfit_compare --quick     # the whole path in a few minutes (CI)
     python -m experiments.setfit_compare --target clinc150 --episodes 600 --setfit-episodes 100 --workers 2
+    python -m experiments.setfit_compare --target clinc150 --replay 30   # the recipe row, as a user runs it
+
+``--replay N`` checks an earlier run's recipe row the way a user would get it: in this fresh process, one task
+at a time, no harness around it, ``metalearn.load(<setting>/learner).adapt(support).predict(query)`` on the
+first N test episodes of each setting, compared episode by episode with ``results.json`` (``replay.json``).
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ import time
 from typing import Optional, Sequence
 
 import numpy as np
+import torch
 
 import metalearn
 from experiments import common
@@ -54,8 +60,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     p.set_defaults(prompt_tokens=0)
     p.add_argument("--setfit-iterations", type=int, default=None,
                    help="SetFit's num_iterations (default: SetFit's own sampling, as practitioners get it)")
+    p.add_argument("--replay", type=int, default=0, metavar="N",
+                   help="replay the recipe row of the run in --output-dir on its first N episodes, as a user would")
     args = p.parse_args(common.argv_of(argv))
     settings = common.parse_settings(args.settings)
+    if args.replay < 0:
+        p.error(f"--replay {args.replay} is invalid: give a number of episodes to replay (or leave it out)")
+    if args.replay:
+        return replay(args, settings, common.argv_of(argv))
     if args.quick:
         args.episodes, args.setfit_episodes, args.train_episodes, args.val_episodes = 6, 3, 8, 3
     if args.guard_folds is not None and args.guard_folds < 2:
@@ -126,6 +138,34 @@ def _recipe_column(learner, tasks, workers: int) -> tuple[list[float], list[floa
     with evaluation_mode([learner]):
         done = list(forked_map(one, list(tasks), workers))
     return [a for a, _ in done], [s for _, s in done]
+
+
+def replay(args, settings, argv: list[str]) -> dict:
+    """The recipe row again, as a user runs it: loaded in this process, ``adapt(support).predict(query)`` per task."""
+    out = args.output_dir or os.path.join("runs", f"setfit_compare_{args.target}")
+    path = os.path.join(out, "results.json")
+    if not os.path.isfile(path):
+        raise SystemExit(f"--replay: {path} does not exist; run setfit_compare with --output-dir {out} first")
+    saved = {r["setting"]: r for r in common.read_json(path)["rows"] if r["method"] == "recipe"}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    checks = []
+    for n_way, k_shot in settings:
+        setting = f"{n_way}-way {k_shot}-shot"
+        if setting not in saved or args.replay > len(saved[setting]["per_episode"]):
+            raise SystemExit(f"--replay {args.replay}: {path} has no {setting} recipe row with that many episodes")
+        learner = metalearn.load(os.path.join(out, f"{n_way}x{k_shot}", "learner"))
+        tasks = sample_tasks(load(args.target, n_way=n_way, k_shot=k_shot, q_query=5), "test", args.replay, args.seed)
+        now = [metrics.accuracy(learner.adapt(t.support).predict(t.query).cpu().numpy(), np.asarray(t.query["label"]))
+               for t in tasks]
+        then = saved[setting]["per_episode"][:args.replay]
+        checks.append({"setting": setting, "episodes": len(now), "same": sum(a == b for a, b in zip(now, then)),
+                       "max_abs_difference": max(abs(a - b) for a, b in zip(now, then)),
+                       "replayed_mean": float(np.mean(now)), "saved_mean": float(np.mean(then))})
+        print(f"{setting}: {checks[-1]['same']}/{len(now)} episodes identical, replayed mean "
+              f"{checks[-1]['replayed_mean']:.4f}, saved {checks[-1]['saved_mean']:.4f}")
+    common.write_json(os.path.join(out, "replay.json"), {"checks": checks, "argv": argv}, indent=1)
+    return {"checks": checks}
 
 
 def report(rows: list[dict], args, argv: list[str], seconds: float) -> str:

@@ -1,20 +1,46 @@
-"""experiments.setfit_compare runs end to end on tiny budgets: every method on the same episodes, SetFit paired."""
+"""experiments.setfit_compare runs end to end on tiny budgets: every method on the same episodes, SetFit paired;
+``--replay`` reruns the recipe row as a user would and finds the same accuracies."""
 import json
+
+import pytest
 
 from experiments import setfit_compare
 
 
-def test_setfit_compare_quick(tmp_path):
-    out = tmp_path / "run"
-    payload = setfit_compare.main(["--quick", "--settings", "5x1", "--setfit-iterations", "1", "--lr-grid", "1.0",
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("setfit") / "run"
+    payload = setfit_compare.main(["--quick", "--settings", "5x2", "--setfit-iterations", "1", "--lr-grid", "1.0",
                                    "--quiet", "--output-dir", str(out)])
+    return out, payload
+
+
+def test_setfit_compare_quick(quick_run):
+    out, payload = quick_run
     rows = {r["method"]: r for r in payload["rows"]}
     assert set(rows) == set(setfit_compare.METHODS)
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["seconds"] > 0 for r in rows.values())
-    assert all(r["n"] == 6 for m, r in rows.items() if m != "setfit")
+    assert all(r["n"] == 6 and len(r["per_episode"]) == 6 for m, r in rows.items() if m != "setfit")
     assert rows["setfit"]["n"] == 3 and rows["recipe"]["setfit_n"] == 3
     assert rows["recipe"]["recipe"]["steps"] >= 1 and rows["recipe"]["recipe"]["guard"] is True
     saved = json.loads((out / "results.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(payload["rows"]))
     table = (out / "table.md").read_text()
-    assert "python -m experiments.setfit_compare --quick" in table and "| 5-way 1-shot | setfit |" in table
+    assert "python -m experiments.setfit_compare --quick" in table and "| 5-way 2-shot | setfit |" in table
+
+
+def test_replay_reruns_the_recipe_row_as_a_user_would(quick_run):
+    out, payload = quick_run
+    recipe = next(r for r in payload["rows"] if r["method"] == "recipe")
+    replayed = setfit_compare.main(["--settings", "5x2", "--replay", "4", "--output-dir", str(out)])
+    check, = replayed["checks"]
+    assert check["episodes"] == 4 and check["saved_mean"] == pytest.approx(sum(recipe["per_episode"][:4]) / 4)
+    assert check["same"] == 4 and check["max_abs_difference"] == 0.0  # the harness's row is the user's path
+    assert json.loads((out / "replay.json").read_text())["checks"] == [check]
+
+
+def test_replay_without_an_earlier_run_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="does not exist; run setfit_compare"):
+        setfit_compare.main(["--replay", "4", "--output-dir", str(tmp_path / "none")])
+    with pytest.raises(SystemExit):
+        setfit_compare.main(["--replay", "-1", "--output-dir", str(tmp_path / "none")])

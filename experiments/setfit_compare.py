@@ -1,9 +1,9 @@
 """SetFit side by side with the frozen encoder, a fine-tune from the foundation and the guarded recipe (one target).
 
 A ProtoNet init (LoRA r=8 on query/value of all-MiniLM-L6-v2 in NF4, cosine prototype head) is meta-trained
-on the target's training classes, episodes of 5 to 10 ways and 1 to 5 shots. For every N-way K-shot
-setting, ``metalearn.tune_recipe`` chooses its test-time steps and step size on validation classes, and
-then, on the same test episodes of the target's held-out classes:
+on the target's training classes, episodes of 5 to 10 ways (at most the smallest split's classes) and 1 to 5
+shots. For every N-way K-shot setting, ``metalearn.tune_recipe`` chooses its test-time steps and step size on
+validation classes, and then, on the same test episodes of the target's held-out classes:
 
 * ``prototypes`` / ``linear_probe``: the frozen encoder (cosine prototypes; logistic regression);
 * ``random_init``: fine-tuning from the foundation, fresh LoRA (B = 0) and a prototype head, same inner loop;
@@ -79,7 +79,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     adapters = common.encoder_settings(args, quantization="nf4", lora_r=8, target_modules=["query", "value"],
                                        compute_dtype=common.compute_dtype(args.compute_dtype),
                                        support_temperature=args.support_temperature)
-    learner = metalearn.fit(load(args.target, n_way=(5, 10), k_shot=(1, 5), q_query=5), method="protonet",
+    spec = load(args.target)
+    ways = min(10, *(len(spec.classes(s)) for s in ("train", "val", "test")))  # HuffPost has 5 val classes
+    learner = metalearn.fit(load(args.target, n_way=(5, ways), k_shot=(1, 5), q_query=5), method="protonet",
                             meta_steps=args.train_episodes, output_dir=os.path.join(args.output_dir, "train"),
                             **common.meta_settings(adapters, args))
     options = SetFitOptions(num_iterations=args.setfit_iterations)

@@ -13,7 +13,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ["leave_one_out", "loo_report", "clinc_intents", "text_rules", "adapter_sets", "sinusoid_maml"]
+SCRIPTS = ["leave_one_out", "loo_report", "clinc_intents", "text_rules", "adapter_sets", "sinusoid_maml", "setfit_compare",
+           "frozen_full_label"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

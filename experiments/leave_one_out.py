@@ -215,14 +215,15 @@ def guarded_rows(row: Row, results, meta, family, n_way: Optional[int], k_shot: 
 
 
 def guard_again(summary: dict, args, out: str, rows_wanted: list[Row]) -> None:
-    """Recompute the guarded rows of the finished K >= 2 cells of ``rows_wanted`` in ``out`` with today's guard,
-    from each cell's saved results and its row's saved ProtoMAML (nothing else is re-run); rewrites summary.json."""
+    """Recompute the guarded rows of the finished cells of ``rows_wanted`` in ``out`` with today's guard, from each
+    cell's saved results and its row's saved ProtoMAML (nothing else is re-run); rewrites summary.json. The
+    per-target guards (K = 1, full-label) adapt again on their validation tasks."""
     wanted = {(r.target, r.in_domain) for r in rows_wanted}
     for cell in list(dict.fromkeys(r["cell"] for r in summary["rows"])):
         target, in_domain, n_way, k_shot = CELL.fullmatch(cell).groups()
         row, n_way, k_shot = Row(target, [], bool(in_domain)), None if n_way == "all" else int(n_way), int(k_shot)
-        if k_shot < 2 or n_way is None or (target, bool(in_domain)) not in wanted:
-            continue  # the per-target guards (K = 1, full-label) are unchanged; other rows were not asked for
+        if (target, bool(in_domain)) not in wanted:
+            continue  # other rows were not asked for
         row_dir = row_folder(out, row)
         results = EvalResults.load(cell_folder(row_dir, row, n_way, k_shot)).without("protomaml+guard")
         meta = metalearn.load(os.path.join(row_dir, "train_protomaml", "learner"))
@@ -326,9 +327,9 @@ def parse(argv=None) -> argparse.Namespace:
                    help="validation episodes of the per-target guard (K = 1)")
     p.add_argument("--report-only", action="store_true", help="redraw summary.md and the heat-map from summary.json")
     p.add_argument("--guard-only", action="store_true",
-                   help="recompute the guarded rows of the finished K >= 2 cells in --output-dir (after a change "
-                   "to the guard; of the rows --targets and --in-domain name), from their saved results and "
-                   "ProtoMAML learners")
+                   help="recompute the guarded rows of the finished cells in --output-dir (after a change to the "
+                   "guard; of the rows --targets and --in-domain name), from their saved results and ProtoMAML "
+                   "learners; pass the run's own settings")
     p.add_argument("--resume", action="store_true",
                    help="keep the cells already in --output-dir's summary.json (run with the same settings) and "
                    "run only the missing ones (a row with a missing cell is meta-trained again)")

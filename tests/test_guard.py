@@ -35,6 +35,12 @@ def test_guard_keeps_the_init_where_it_helps_and_the_foundation_where_it_hurts()
     assert choice["use"] == "foundation" and choice["val"]["foundation"] < choice["val"]["meta"]
 
 
+def test_a_tie_on_validation_keeps_the_foundation():
+    tied = encoder_learner(head_metric="cosine")  # LoRA B = 0 and no steps: exactly the frozen cosine prototypes
+    choice = guard.choose(tied, IntentFamily(), foundation="prototypes", steps=0, episodes=4, metric="accuracy")
+    assert choice["val"]["meta"] == choice["val"]["foundation"] and choice["use"] == "foundation"
+
+
 def test_transfer_target_overlapping_meta_training_classes_is_refused():
     rows = {"text": [f"t{i}" for i in range(40)], "label": [f"c{i % 8}" for i in range(40)]}
     source = NWayKShot(rows, n_way=2, k_shot=1, q_query=1, splits=(0.5, 0.25, 0.25), seed=0)

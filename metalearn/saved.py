@@ -54,12 +54,18 @@ def target(path: str) -> str:
 
 
 def _foreign(real: str) -> bool:
-    """A non-empty folder without a sidecar: not a saved learner. One listing, so a concurrent save's swap
-    (the folder renamed aside, the new one renamed in) cannot make a learner look foreign mid-check."""
-    try:
-        entries = os.listdir(real)
-    except (FileNotFoundError, NotADirectoryError):  # none there (or swapped away this instant): nothing to guard
-        return False
+    """A non-empty folder without a sidecar: not a saved learner.
+
+    Listed under the shared lock: a concurrent save renames the folder aside and deletes it under its exclusive
+    lock, and a listing that opened the folder just before could read a half-deleted learner with its sidecar
+    already gone (seen in CI: a save refused as "other files and no metalearn.json")."""
+    if not os.path.isdir(os.path.dirname(real)):
+        return False  # no parent: nothing there to guard (and no place for a lock file)
+    with files.locked(_lock_path(real), shared=True, optional=True):
+        try:
+            entries = os.listdir(real)
+        except (FileNotFoundError, NotADirectoryError):  # none there: nothing to guard
+            return False
     return bool(entries) and CONFIG_FILE not in entries
 
 

@@ -32,7 +32,6 @@ import time
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
 import metalearn
 from experiments import common
@@ -66,6 +65,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     settings = common.parse_settings(args.settings)
     if args.replay < 0:
         p.error(f"--replay {args.replay} is invalid: give a number of episodes to replay (or leave it out)")
+    args.output_dir = args.output_dir or os.path.join("runs", f"setfit_compare_{args.target}")
     if args.replay:
         return replay(args, settings, common.argv_of(argv))
     if args.quick:
@@ -74,7 +74,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         p.error(f"--guard-folds {args.guard_folds} is invalid: give at least 2 folds (or leave it out for K)")
     if not 1 <= args.setfit_episodes <= args.episodes:
         p.error(f"--setfit-episodes {args.setfit_episodes} must be between 1 and --episodes {args.episodes}")
-    args.output_dir = args.output_dir or os.path.join("runs", f"setfit_compare_{args.target}")
     start = common.setup(args)
     adapters = common.encoder_settings(args, quantization="nf4", lora_r=8, target_modules=["query", "value"],
                                        compute_dtype=common.compute_dtype(args.compute_dtype),
@@ -144,13 +143,12 @@ def _recipe_column(learner, tasks, workers: int) -> tuple[list[float], list[floa
 
 def replay(args, settings, argv: list[str]) -> dict:
     """The recipe row again, as a user runs it: loaded in this process, ``adapt(support).predict(query)`` per task."""
-    out = args.output_dir or os.path.join("runs", f"setfit_compare_{args.target}")
+    out = args.output_dir
     path = os.path.join(out, "results.json")
     if not os.path.isfile(path):
         raise SystemExit(f"--replay: {path} does not exist; run setfit_compare with --output-dir {out} first")
     saved = {r["setting"]: r for r in common.read_json(path)["rows"] if r["method"] == "recipe"}
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    common.setup(args)
     checks = []
     for n_way, k_shot in settings:
         setting = f"{n_way}-way {k_shot}-shot"

@@ -27,6 +27,7 @@ first N test episodes of each setting, compared episode by episode with ``result
 """
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from typing import Optional, Sequence
@@ -48,6 +49,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     common.add_run_arguments(p, None, "tiny budgets: the whole path in a few minutes")
     p.add_argument("--target", default="clinc150", help="a classification spec with held-out test classes")
     p.add_argument("--settings", default="5x1,5x5", help="NxK test settings")
+    p.add_argument("--splits", type=_fractions, default=None, metavar="TRAIN,VAL,TEST",
+                   help="class fractions of the target's meta-splits (default: the spec's); FewRel's spec keeps 3 "
+                   "validation relations, too few for 5-way settings: 0.34,0.33,0.33 gives 6 / 5 / 5, the test "
+                   "relations of leave_one_out")
     common.add_encoder_arguments(p, 600, "test episodes per setting", 32)
     p.add_argument("--setfit-episodes", type=int, default=100, help="SetFit on the first this many of them")
     p.add_argument("--train-episodes", type=int, default=300, help="ProtoNet meta-training episodes")
@@ -74,24 +79,45 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         p.error(f"--guard-folds {args.guard_folds} is invalid: give at least 2 folds (or leave it out for K)")
     if not 1 <= args.setfit_episodes <= args.episodes:
         p.error(f"--setfit-episodes {args.setfit_episodes} must be between 1 and --episodes {args.episodes}")
+    classes = {s: len(target(args).classes(s)) for s in ("train", "val", "test")}
+    widest = max(n for n, _ in settings)
+    short = {s: c for s, c in classes.items() if c < widest}
+    if short:
+        p.error(f"--target {args.target} has {classes} classes per split; the {args.settings} settings need at least "
+                f"{widest} in each (short: {short}): give --splits, e.g. 0.34,0.33,0.33")
     start = common.setup(args)
     adapters = common.encoder_settings(args, quantization="nf4", lora_r=8, target_modules=["query", "value"],
                                        compute_dtype=common.compute_dtype(args.compute_dtype),
                                        support_temperature=args.support_temperature)
-    spec = load(args.target)
-    ways = min(10, *(len(spec.classes(s)) for s in ("train", "val", "test")))  # HuffPost has 5 val classes
-    learner = metalearn.fit(load(args.target, n_way=(5, ways), k_shot=(1, 5), q_query=5), method="protonet",
+    ways = min(10, *classes.values())  # HuffPost has 5 val classes
+    learner = metalearn.fit(target(args, n_way=(min(5, ways), ways), k_shot=(1, 5), q_query=5), method="protonet",
                             meta_steps=args.train_episodes, output_dir=os.path.join(args.output_dir, "train"),
                             **common.meta_settings(adapters, args))
     options = SetFitOptions(num_iterations=args.setfit_iterations)
     rows = [row for n, k in settings for row in cell(learner, args, n, k, options)]
     text = report(rows, args, common.argv_of(argv), time.time() - start)
-    return common.write_report(args.output_dir, text, {"rows": rows, "argv": common.argv_of(argv)})
+    return common.write_report(args.output_dir, text, {"rows": rows, "argv": common.argv_of(argv),
+                                                         "splits": args.splits})
+
+
+def target(args, **overrides):
+    """The target's task family, with ``--splits`` when given."""
+    return load(args.target, **({"splits": list(args.splits)} if args.splits else {}), **overrides)
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        out = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        out = ()
+    if len(out) != 3 or min(out) <= 0 or abs(sum(out) - 1) > 1e-6:
+        raise argparse.ArgumentTypeError(f"{text!r} is not three positive fractions summing to 1, e.g. 0.34,0.33,0.33")
+    return out
 
 
 def cell(learner, args, n_way: int, k_shot: int, options: SetFitOptions) -> list[dict]:
     """Every method on one setting's test episodes; SetFit on the first ``--setfit-episodes``."""
-    family = load(args.target, n_way=n_way, k_shot=k_shot, q_query=5)
+    family = target(args, n_way=n_way, k_shot=k_shot, q_query=5)
     recipe = metalearn.tune_recipe(learner, family, lr_grid=args.lr_grid, val_episodes=args.val_episodes,
                                    seed=args.seed + 1, folds=args.guard_folds, workers=args.workers)
     saved = os.path.join(args.output_dir, f"{n_way}x{k_shot}", "learner")
@@ -147,7 +173,9 @@ def replay(args, settings, argv: list[str]) -> dict:
     path = os.path.join(out, "results.json")
     if not os.path.isfile(path):
         raise SystemExit(f"--replay: {path} does not exist; run setfit_compare with --output-dir {out} first")
-    saved = {r["setting"]: r for r in common.read_json(path)["rows"] if r["method"] == "recipe"}
+    run = common.read_json(path)
+    saved = {r["setting"]: r for r in run["rows"] if r["method"] == "recipe"}
+    args.splits = args.splits or run.get("splits")  # the run's test classes
     common.setup(args)
     checks = []
     for n_way, k_shot in settings:
@@ -155,7 +183,7 @@ def replay(args, settings, argv: list[str]) -> dict:
         if setting not in saved or args.replay > len(saved[setting]["per_episode"]):
             raise SystemExit(f"--replay {args.replay}: {path} has no {setting} recipe row with that many episodes")
         learner = metalearn.load(os.path.join(out, f"{n_way}x{k_shot}", "learner"))
-        tasks = sample_tasks(load(args.target, n_way=n_way, k_shot=k_shot, q_query=5), "test", args.replay, args.seed)
+        tasks = sample_tasks(target(args, n_way=n_way, k_shot=k_shot, q_query=5), "test", args.replay, args.seed)
         now = [metrics.accuracy(learner.adapt(t.support).predict(t.query).cpu().numpy(), np.asarray(t.query["label"]))
                for t in tasks]
         then = saved[setting]["per_episode"][:args.replay]

@@ -1,5 +1,6 @@
 """experiments.setfit_compare runs end to end on tiny budgets: every method on the same episodes, SetFit paired;
 ``--replay`` reruns the recipe row as a user would and finds the same accuracies."""
+import argparse
 import json
 
 import pytest
@@ -44,3 +45,21 @@ def test_replay_without_an_earlier_run_is_a_clear_error(tmp_path):
         setfit_compare.main(["--replay", "4", "--output-dir", str(tmp_path / "none")])
     with pytest.raises(SystemExit):
         setfit_compare.main(["--replay", "-1", "--output-dir", str(tmp_path / "none")])
+
+
+def test_too_few_classes_in_a_split_is_a_clear_error_before_any_work(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit):  # FewRel's spec keeps 3 validation relations; 5-way settings need 5
+        setfit_compare.main(["--target", "fewrel", "--settings", "5x1", "--output-dir", str(out)])
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        setfit_compare.main(["--target", "fewrel", "--splits", "0.5,0.5", "--output-dir", str(out)])
+    assert not out.exists()
+
+
+def test_splits_choose_the_target_classes():
+    args = argparse.Namespace(target="fewrel", splits=(0.34, 0.33, 0.33))
+    family = setfit_compare.target(args)
+    assert [len(family.classes(s)) for s in ("train", "val", "test")] == [6, 5, 5]
+    args.splits = None
+    assert len(setfit_compare.target(args).classes("val")) == 3  # the spec's own split

@@ -11,6 +11,7 @@ from metalearn.build import build_learner
 from metalearn.config import Recipe
 from metalearn.eval import baselines as bl
 from metalearn.eval import guard
+from metalearn.eval.recipe import fewest_within
 from metalearn.foundation import byte_tokenizer
 from metalearn.tasks import Task
 from metalearn.training import make_config
@@ -38,6 +39,28 @@ def test_tune_recipe_chooses_on_val_tasks_and_saves_with_the_learner(tmp_path):
     saved = json.loads((tmp_path / "init" / "metalearn.json").read_text())
     assert saved["recipe"] == recipe.to_dict()
     assert metalearn.load(str(tmp_path / "init"), model=small_bert()).recipe == recipe
+
+
+@pytest.mark.parametrize("scores, higher, tolerance, fewest", [
+    ({1: 0.719, 2: 0.7175, 3: 0.721, 5: 0.73, 10: 0.731}, True, 0.0, 10),  # FewRel 5-way 1-shot's validation
+    ({1: 0.719, 2: 0.7175, 3: 0.721, 5: 0.73, 10: 0.731}, True, 0.005, 5),
+    ({1: 0.719, 2: 0.7175, 3: 0.721, 5: 0.73, 10: 0.731}, True, 0.01, 3),
+    ({1: 0.719, 2: 0.7175, 3: 0.721, 5: 0.73, 10: 0.731}, True, 0.015, 1),
+    ({1: 0.9, 3: 0.9, 5: 0.8}, True, 0.0, 1),  # an exact tie: the fewer steps
+    ({1: 2.0, 3: 1.5, 5: 1.45}, False, 0.1, 3),  # lower is better (NLL)
+    ({1: float("-inf"), 3: 0.5, 5: 0.52}, True, 10.0, 3)])  # a diverged count is never within reach
+def test_fewest_steps_within_the_tolerance(scores, higher, tolerance, fewest):
+    assert fewest_within(scores, higher, tolerance) == fewest
+
+
+def test_tune_recipe_with_a_tolerance_takes_the_fewest_steps_within_it():
+    learner = encoder_learner()
+    exact = metalearn.tune_recipe(learner, IntentFamily(), steps=[1, 3], lr_grid=[0.5, 2.0], val_episodes=3)
+    loose = metalearn.tune_recipe(learner, IntentFamily(), steps=[1, 3], lr_grid=[0.5, 2.0], val_episodes=3,
+                                  tolerance=1.0)
+    assert loose.chosen_on["val_scores"] == exact.chosen_on["val_scores"]  # the same search, another choice
+    assert loose.steps == 1 and loose.chosen_on["tolerance"] == 1.0 and learner.recipe is loose
+    assert exact.chosen_on["val_scores"][str(exact.steps)] == max(exact.chosen_on["val_scores"].values())
 
 
 def test_adapt_uses_the_recipe_steps_and_step_size():
@@ -113,7 +136,8 @@ def test_bad_recipes_are_refused(bad, match):
 def test_bad_tune_recipe_settings_are_refused_before_any_work():
     learner = encoder_learner()
     for kwargs, match in [(dict(steps=[0]), "steps=\\[0\\]"), (dict(lr_grid=[-1.0]), "lr_grid"),
-                          (dict(val_episodes=0), "val_episodes=0"), (dict(margin=-1.0), "recipe.margin")]:
+                          (dict(val_episodes=0), "val_episodes=0"), (dict(margin=-1.0), "recipe.margin"),
+                          (dict(tolerance=-0.1), "tolerance=-0.1"), (dict(tolerance=float("nan")), "tolerance=nan")]:
         with pytest.raises(ValueError, match=match):
             metalearn.tune_recipe(learner, IntentFamily(), **kwargs)
     assert learner.recipe is None

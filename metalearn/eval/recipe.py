@@ -24,7 +24,7 @@ from .inputs import sample_tasks
 from .runner import support_episode
 from .workers import check_workers
 
-__all__ = ["DEFAULT_RECIPE_STEPS", "tune_recipe"]
+__all__ = ["DEFAULT_RECIPE_STEPS", "fewest_within", "tune_recipe"]
 
 DEFAULT_RECIPE_STEPS = (1, 2, 3, 5, 10)
 """Step counts the recipe chooses from (0 steps, the init itself, is what the guard compares against)."""
@@ -32,7 +32,8 @@ DEFAULT_RECIPE_STEPS = (1, 2, 3, 5, 10)
 
 def tune_recipe(learner: Learner, family: Any, *, steps: Sequence[int] = DEFAULT_RECIPE_STEPS,
                 lr_grid: Sequence[float] = DEFAULT_LR_GRID, val_episodes: int = 32, seed: int = 0,
-                guard: bool = True, folds: Optional[int] = None, margin: float = 0.0, workers: int = 1) -> Recipe:
+                guard: bool = True, folds: Optional[int] = None, margin: float = 0.0, tolerance: float = 0.0,
+                workers: int = 1) -> Recipe:
     """Choose the test-time step count and step-size multiplier on ``family``'s val split; set ``learner.recipe``.
 
     Args:
@@ -45,11 +46,14 @@ def tune_recipe(learner: Learner, family: Any, *, steps: Sequence[int] = DEFAULT
         guard: whether ``adapt`` guards classification tasks at K >= 2 (see ``Learner.adapt``).
         folds: the guard's support folds (None: K).
         margin: the held-out accuracy adapting must gain over the foundation to be kept.
+        tolerance: take the fewest steps whose validation score is within this much of the best (metric units,
+            e.g. 0.01 = one point of accuracy). Each step costs as much as the first, and 32 validation tasks
+            cannot tell a point apart: on FewRel 5-way 1-shot, 1 step scored 0.719 and 10 steps 0.731.
         workers: forked processes sharing the validation tasks.
 
     Returns:
-        The recipe, also set as ``learner.recipe`` (``learner.save`` writes it). Ties between step counts go
-        to the fewer steps: they are cheaper and forget less.
+        The recipe, also set as ``learner.recipe`` (``learner.save`` writes it). Ties between step counts (within
+        ``tolerance``) go to the fewer steps: they are cheaper and forget less.
     """
     if not steps or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in steps):
         raise ValueError(f"steps={steps!r} is invalid: give step counts >= 1 to choose from, e.g. (1, 3, 5, 10)")
@@ -57,6 +61,8 @@ def tune_recipe(learner: Learner, family: Any, *, steps: Sequence[int] = DEFAULT
         raise ValueError(f"lr_grid={lr_grid!r} is invalid: give positive step-size multipliers, e.g. (0.3, 1, 3)")
     if not isinstance(val_episodes, int) or isinstance(val_episodes, bool) or val_episodes < 1:
         raise ValueError(f"val_episodes={val_episodes!r} is invalid: use a positive number of validation tasks")
+    if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or not 0 <= tolerance < math.inf:
+        raise ValueError(f"tolerance={tolerance!r} is invalid: use a finite score difference >= 0, e.g. 0.01")
     check_workers(workers)
     Recipe(steps=1, guard=guard, folds=folds, margin=margin)  # the guard settings, checked before any work
     tasks = sample_tasks(family, "val", val_episodes, seed)
@@ -64,12 +70,27 @@ def tune_recipe(learner: Learner, family: Any, *, steps: Sequence[int] = DEFAULT
         episodes = [(task, support_episode(learner, task)) for task in tasks]
         tuned = tune(learner, episodes, sorted(set(steps)), list(lr_grid), workers=workers)
     metric = next(iter(tuned.values()))[1]
-    sign = 1.0 if metrics.HIGHER_IS_BETTER[metric] else -1.0
-    best = max(sorted(tuned), key=lambda s: sign * tuned[s][2][tuned[s][0]])  # first (fewest steps) among ties
+    best = fewest_within({s: t[2][t[0]] for s, t in tuned.items()}, metrics.HIGHER_IS_BETTER[metric], tolerance)
     scale, _, scores, _ = tuned[best]
     chosen_on = {"metric": metric, "val_episodes": val_episodes, "seed": seed, "lr_grid": [float(g) for g in lr_grid],
+                 "tolerance": float(tolerance),
                  "val_scores": {str(s): float(t[2][t[0]]) for s, t in sorted(tuned.items())},
                  "scales": {str(s): float(t[0]) for s, t in sorted(tuned.items())}}
     learner.recipe = Recipe(steps=best, scale=float(scale), guard=guard, folds=folds, margin=margin,
                             chosen_on=chosen_on)
     return learner.recipe
+
+
+def fewest_within(scores: dict[int, float], higher_is_better: bool, tolerance: float = 0.0) -> int:
+    """The fewest steps whose score is within ``tolerance`` of the best step count's (NaN scores never are).
+
+    >>> scores = {1: 0.719, 5: 0.730, 10: 0.731}
+    >>> fewest_within(scores, True), fewest_within(scores, True, 0.01), fewest_within(scores, True, 0.015)
+    (10, 5, 1)
+    """
+    sign = 1.0 if higher_is_better else -1.0
+    finite = {s: sign * v for s, v in scores.items() if math.isfinite(v)}
+    if not finite:
+        return min(scores)
+    best = max(finite.values())
+    return min(s for s, v in finite.items() if v >= best - tolerance)

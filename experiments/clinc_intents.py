@@ -33,8 +33,6 @@ from metalearn.files import atomic_write
 from metalearn.tasks import load
 
 BASELINES = ["zero_shot", "prototypes", "linear_probe", "random_init"]
-SPLITS = {"hwu64": [0.25, 0.25, 0.5], "fewrel": [0.34, 0.33, 0.33]}
-"""Target-only data sets: the fractions just give the inner-lr search classes of its own (never trained on)."""
 
 
 def adapter_settings(args) -> dict:
@@ -45,8 +43,8 @@ def adapter_settings(args) -> dict:
 
 def target(dataset: str, n_way: int, k_shot: int):
     """An evaluation setting's episodes (5 queries per class), and its name."""
-    overrides = {"splits": SPLITS[dataset]} if dataset in SPLITS else {}
-    return load(dataset, n_way=n_way, k_shot=k_shot, q_query=5, **overrides), f"{dataset}_{n_way}way_{k_shot}shot"
+    family = common.target_spec(dataset, n_way=n_way, k_shot=k_shot, q_query=5)
+    return family, f"{dataset}_{n_way}way_{k_shot}shot"
 
 
 def train(args, out: str) -> dict[str, metalearn.Learner]:

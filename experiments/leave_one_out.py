@@ -56,8 +56,6 @@ from metalearn.eval import EvalResults, guard, metrics, sample_tasks
 from metalearn.tasks import check_target, load, mix
 
 DATASETS = ("clinc150", "hwu64", "fewrel", "huffpost")
-TARGET_SPLITS = {"hwu64": [0.25, 0.25, 0.5], "fewrel": [0.34, 0.33, 0.33]}
-"""Class splits of HWU64 and FewRel as targets: the earlier run's (README), so the test classes are the same."""
 BASELINES = ["prototypes", "linear_probe", "random_init"]
 FULL_LABEL = {"clinc150": "clinc150_full", "hwu64": "hwu64_full"}
 """The targets with a full-label spec (``allxK`` settings): their official train / val / test splits."""
@@ -94,11 +92,6 @@ def parse_rows(targets: str, in_domain: str, datasets: list[str]) -> list[Row]:
     return rows
 
 
-def conventional(name: str):
-    """The data set with its conventional class split (as a target)."""
-    return load(name, **({"splits": TARGET_SPLITS[name]} if name in TARGET_SPLITS else {}))
-
-
 def sources_for(row: Row, args) -> metalearn.tasks.Mixture:
     """The meta-training mixture: every class of each source data set, only the training classes of the target.
 
@@ -126,7 +119,7 @@ def target_for(row: Row, n_way: Optional[int], k_shot: int, class_names: bool = 
         if row.in_domain or row.target not in FULL_LABEL:
             return None  # in-domain: meta-training read every official split of the target's training intents
         return load(FULL_LABEL[row.target], k_shot=k_shot, class_names=class_names and row.target in NAMED)
-    spec = conventional(row.target)
+    spec = common.target_spec(row.target)
     train, val, test = (spec.classes(s) for s in ("train", "val", "test"))
     if not row.in_domain:
         train, val = [], train + val  # the whole data set is held out: every non-test class can validate

@@ -93,13 +93,13 @@ def test_rows_sources_and_targets():
     assert {n: bool(f.class_names) for n, f in named.items()} == {
         "clinc150": True, "hwu64": True, "fewrel": True, "huffpost": False}
     assert loo.target_for(rows[2], 15, 1, class_names=True).sample("test", np.random.default_rng(0)).meta["class_names"]
-    clinc = loo.conventional("clinc150")
+    clinc = common.target_spec("clinc150")
     assert set(in_domain.sources["clinc150"].classes("train")) == set(clinc.classes("train"))  # train intents only
     assert len(in_domain.sources["fewrel"].classes("train")) == 16  # a source data set gives all its classes
     target = loo.target_for(rows[2], 15, 1)
     assert target.classes("test") == clinc.classes("test") and target.classes("val") == clinc.classes("val")
     held_out = loo.target_for(rows[0], 15, 1)  # HWU64 left out: every non-test intent can validate
-    hwu = loo.conventional("hwu64")
+    hwu = common.target_spec("hwu64")
     assert set(held_out.classes("val")) == set(hwu.classes("train") + hwu.classes("val"))
     assert not held_out.classes("train")
     assert loo.target_for(rows[1], 15, 1) is None  # FewRel has 5 test relations: no 15-way cell

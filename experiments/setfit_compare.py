@@ -15,7 +15,8 @@ validation classes, and then, on the same test episodes of the target's held-out
   ``--setfit-episodes`` episodes (it costs 20-30 s a 5-way 5-shot episode on one CPU thread).
 
 Every number is the mean over episodes with its 95% interval; differences are paired, episode by episode,
-against SetFit on the episodes it ran. Seconds are wall seconds per episode to adapt and score.
+against SetFit on the episodes it ran and against the frozen encoder's prototypes (SetFit: on its
+episodes). Seconds are wall seconds per episode to adapt and score.
 
     python -m experiments.setfit_compare --quick     # the whole path in a few minutes (CI)
     python -m experiments.setfit_compare --target clinc150 --episodes 600 --setfit-episodes 100 --workers 2
@@ -137,13 +138,16 @@ def cell(learner, args, n_way: int, k_shot: int, options: SetFitOptions) -> list
                                 progress=not args.quiet)
     per["setfit"] = _column(setfit, "setfit", 0)
     m = args.setfit_episodes
+    frozen = per["prototypes"][0]
     out = []
     for method in METHODS:
         acc, secs = per[method]
         mean, ci = metrics.mean_ci(acc)
         diff = metrics.paired_ci(acc[:m], per["setfit"][0][:m]) if method != "setfit" else (0.0, 0.0)
+        below = metrics.paired_ci(acc, frozen[:len(acc)])  # SetFit: on its episodes
         out.append({"setting": f"{n_way}-way {k_shot}-shot", "method": method, "accuracy": mean, "ci95": ci,
                     "n": len(acc), "minus_setfit": diff[0], "minus_setfit_ci95": diff[1], "setfit_n": m,
+                    "minus_prototypes": below[0], "minus_prototypes_ci95": below[1],
                     "seconds": float(np.mean(secs)), "seconds_ci95": metrics.mean_ci(secs)[1],
                     "recipe": recipe.to_dict(), "per_episode": acc})
     return out
@@ -202,11 +206,14 @@ def replay(args, settings, argv: list[str]) -> dict:
 def report(rows: list[dict], args, argv: list[str], seconds: float) -> str:
     lines = [f"# SetFit side by side: {args.target} (all-MiniLM-L6-v2)", "",
              f"`{common.command('setfit_compare', argv)}` — {seconds / 60:.1f} min", "",
-             "| setting | method | accuracy (95% CI) | episodes | − SetFit, paired | s / episode |", "|---" * 6 + "|"]
+             "| setting | method | accuracy (95% CI) | episodes | − SetFit, paired | − frozen prototypes, paired "
+             "| s / episode |", "|---" * 7 + "|"]
     for r in rows:
         diff = "—" if r["method"] == "setfit" else common.mean_ci(r["minus_setfit"], r["minus_setfit_ci95"])
+        frozen = "—" if r["method"] == "prototypes" else common.mean_ci(r["minus_prototypes"], r["minus_prototypes_ci95"])
         lines.append(f"| {r['setting']} | {r['method']} | {common.mean_ci(r['accuracy'], r['ci95'])} | "
-                     f"{r['n']} | {diff} (first {r['setfit_n']}) | {r['seconds']:.2f} ± {r['seconds_ci95']:.2f} |")
+                     f"{r['n']} | {diff} (first {r['setfit_n']}) | {frozen} | "
+                     f"{r['seconds']:.2f} ± {r['seconds_ci95']:.2f} |")
     recipes = {r["setting"]: r["recipe"] for r in rows}
     lines += ["", "Recipes (chosen on validation classes): " + "; ".join(
         f"{s}: {r['steps']} steps, step size x{r['scale']:g}" for s, r in recipes.items())]

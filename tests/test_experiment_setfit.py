@@ -24,10 +24,16 @@ def test_setfit_compare_quick(quick_run):
     assert all(r["n"] == 6 and len(r["per_episode"]) == 6 for m, r in rows.items() if m != "setfit")
     assert rows["setfit"]["n"] == 3 and rows["recipe"]["setfit_n"] == 3
     assert rows["recipe"]["recipe"]["steps"] >= 1 and rows["recipe"]["recipe"]["guard"] is True
+    frozen = rows["prototypes"]["per_episode"]
+    for r in rows.values():  # paired with the frozen encoder, episode by episode (SetFit: on its episodes)
+        mine = r["per_episode"]
+        assert r["minus_prototypes"] == pytest.approx(sum(a - b for a, b in zip(mine, frozen)) / len(mine))
+    assert rows["prototypes"]["minus_prototypes"] == 0.0 and rows["prototypes"]["minus_prototypes_ci95"] == 0.0
     saved = json.loads((out / "results.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(payload["rows"]))
     table = (out / "table.md").read_text()
     assert "python -m experiments.setfit_compare --quick" in table and "| 5-way 2-shot | setfit |" in table
+    assert "| − frozen prototypes, paired |" in table
 
 
 def test_replay_reruns_the_recipe_row_as_a_user_would(quick_run):

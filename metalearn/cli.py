@@ -6,6 +6,7 @@ Thin over ``metalearn.fit``, ``metalearn.load`` and ``metalearn.evaluate``; ever
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -19,7 +20,7 @@ from .files import Locked
 __all__ = ["build_model", "load_run_config", "main"]
 
 RUN_FILE = "run.json"  # written by `metalearn fit` beside the learner, so `eval` can rebuild the model
-RUN_KEYS = ("family", "fit", "model", "output_dir")
+RUN_KEYS = ("family", "fit", "model", "output_dir", "recipe")
 BUILT_MODELS = ("mlp", "tiny-llama")
 
 FIT_EXAMPLE = """\
@@ -39,6 +40,9 @@ example config (YAML or JSON):
     # config: {...}                # optional: a whole RunConfig dict the keys above override
     # resume: runs/x               # optional: continue a checkpointed run (its folder)
   output_dir: runs/sinusoid-maml   # log.jsonl, training_curve.png, learner/ and run.json go here
+  recipe: {tolerance: 0.02}        # optional: after training, choose adapt()'s test-time steps and step
+                                   # size on val tasks and save them with the learner (metalearn.tune_recipe
+                                   # keywords; `recipe: true` for its defaults)
 """.replace("{methods}", " | ".join(METHODS))
 
 
@@ -105,7 +109,29 @@ def load_run_config(path: str) -> dict:
             raise ValueError(f"config file {path!r} lacks {key!r}; see the example in metalearn fit --help")
     if not isinstance(config.get("fit", {}) or {}, dict):
         raise ValueError(f"config file {path!r}: 'fit' must be a mapping of metalearn.fit settings")
+    recipe_options(config, path)  # checked before any work
     return config
+
+
+def recipe_options(config: dict, path: str) -> Optional[dict]:
+    """The config's ``recipe`` as ``tune_recipe`` keywords (``true``: its defaults), or None for no recipe."""
+    from .eval.recipe import check_recipe_options
+
+    recipe = config.get("recipe", False)
+    if recipe is False or recipe is None:
+        return None
+    if recipe is True:
+        return {}
+    if not isinstance(recipe, dict):
+        raise ValueError(f"config file {path!r}: 'recipe' must be true or a mapping of metalearn.tune_recipe "
+                         f"keywords, e.g. {{tolerance: 0.02}}; got {recipe!r}")
+    known = set(inspect.signature(check_recipe_options).parameters)
+    _no_unknown(recipe, known, f"config file {path!r}: recipe")
+    try:
+        check_recipe_options(**recipe)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"config file {path!r}: recipe: {err}") from None
+    return dict(recipe)
 
 
 def family_spec(spec: Any, extra: Optional[dict] = None) -> tuple[str, dict]:
@@ -146,15 +172,22 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if model_name is not None:
         overrides.setdefault("model_name", model_name)
     metalearn.make_config(special.get("config"), **overrides)  # validate every setting before any work
+    recipe = recipe_options(config, args.config)
     learner = metalearn.fit(family, model=model, output_dir=output_dir, progress=not args.quiet, **special,
                             **overrides)
+    saved = os.path.join(output_dir, "learner")
+    if recipe is not None:
+        chosen = metalearn.tune_recipe(learner, family, **recipe)
+        learner.save(saved)  # again, with its recipe: load(saved).adapt(support) runs it
+        print(f"recipe (chosen on {chosen.chosen_on['val_episodes']} val tasks): {chosen.steps} test-time steps, "
+              f"step size x{chosen.scale:g}, guard {'on' if chosen.guard else 'off'}")
     from .files import atomic_write
 
     run = {"family": config["family"], "model": config["model"], "fit": config.get("fit") or {},
-           "output_dir": output_dir}
+           "output_dir": output_dir, **({"recipe": config["recipe"]} if recipe is not None else {})}
     atomic_write(os.path.join(output_dir, RUN_FILE), json.dumps(run, indent=2))
     last = learner.history[-1] if learner.history else {}
-    print(f"saved the learner to {os.path.join(output_dir, 'learner')} "
+    print(f"saved the learner to {saved} "
           f"({len(learner.history)} meta-steps, last query loss {last.get('query_loss', float('nan')):.4f})")
     return 0
 

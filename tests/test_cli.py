@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from metalearn.cli import main, parser
+from metalearn.cli import build_model, main, parser
 
 
 def subcommands():
@@ -107,6 +107,40 @@ def test_bad_input_exits_2_with_the_fix(argv, match, tmp_path, capsys, saved_run
     import re
 
     assert re.search(match, capsys.readouterr().err)
+
+
+def test_fit_with_a_recipe_saves_it_with_the_learner(tmp_path, capsys):
+    import metalearn
+
+    config = tmp_path / "run.yaml"
+    config.write_text("family: {name: sinusoid, k_shot: 5}\nmodel: {name: mlp, hidden: [16], seed: 3}\n"
+                      "fit: {method: fomaml, inner_steps: 1, meta_steps: 2, meta_batch: 2}\n"
+                      "recipe: {steps: [1, 3], lr_grid: [1.0], val_episodes: 2, tolerance: 1.0e+9}\n"
+                      f"output_dir: {tmp_path / 'run'}\n")
+    assert main(["fit", str(config), "--quiet"]) == 0
+    assert "recipe (chosen on 2 val tasks): 1 test-time steps" in capsys.readouterr().out
+    mlp, _ = build_model({"name": "mlp", "hidden": [16], "seed": 3})
+    recipe = metalearn.load(str(tmp_path / "run" / "learner"), model=mlp).recipe  # what adapt() will use
+    assert recipe.steps == 1 and recipe.chosen_on["tolerance"] == 1e9  # any tolerance that large: the fewest
+    assert set(recipe.chosen_on["val_scores"]) == {"1", "3"} and recipe.chosen_on["val_episodes"] == 2
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["recipe"]["steps"] == [1, 3]
+
+
+@pytest.mark.parametrize("recipe, match", [
+    ("{tolerence: 0.02}", r"recipe: unknown option\(s\) \['tolerence'\]"),
+    ("{steps: [0, 1]}", r"recipe: steps=\[0, 1\] is invalid"),
+    ("{folds: 0}", r"recipe: recipe.folds=0 is invalid"),
+    ("5", r"'recipe' must be true or a mapping"),
+])
+def test_fit_with_a_bad_recipe_exits_2_before_any_work(recipe, match, tmp_path, capsys):
+    import re
+
+    config = tmp_path / "run.yaml"
+    config.write_text(f"family: sinusoid\nmodel: mlp\nfit: {{meta_steps: 1}}\nrecipe: {recipe}\n"
+                      f"output_dir: {tmp_path / 'run'}\n")
+    assert main(["fit", str(config), "--quiet"]) == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
 
 
 def test_fit_config_with_an_unknown_method(tmp_path, capsys):

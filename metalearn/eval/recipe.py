@@ -12,6 +12,7 @@ it, so that ``metalearn.load(dir).adapt(support)`` runs the tuned, guarded recip
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Optional, Sequence
 
 from ..config import Recipe
@@ -24,7 +25,7 @@ from .inputs import sample_tasks
 from .runner import support_episode
 from .workers import check_workers
 
-__all__ = ["DEFAULT_RECIPE_STEPS", "fewest_within", "tune_recipe"]
+__all__ = ["DEFAULT_RECIPE_STEPS", "check_recipe_options", "fewest_within", "tune_recipe"]
 
 DEFAULT_RECIPE_STEPS = (1, 2, 3, 5, 10)
 """Step counts the recipe chooses from (0 steps, the init itself, is what the guard compares against)."""
@@ -55,16 +56,8 @@ def tune_recipe(learner: Learner, family: Any, *, steps: Sequence[int] = DEFAULT
         The recipe, also set as ``learner.recipe`` (``learner.save`` writes it). Ties between step counts (within
         ``tolerance``) go to the fewer steps: they are cheaper and forget less.
     """
-    if not steps or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in steps):
-        raise ValueError(f"steps={steps!r} is invalid: give step counts >= 1 to choose from, e.g. (1, 3, 5, 10)")
-    if not lr_grid or not all(isinstance(g, (int, float)) and g > 0 and math.isfinite(g) for g in lr_grid):
-        raise ValueError(f"lr_grid={lr_grid!r} is invalid: give positive step-size multipliers, e.g. (0.3, 1, 3)")
-    if not isinstance(val_episodes, int) or isinstance(val_episodes, bool) or val_episodes < 1:
-        raise ValueError(f"val_episodes={val_episodes!r} is invalid: use a positive number of validation tasks")
-    if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or not 0 <= tolerance < math.inf:
-        raise ValueError(f"tolerance={tolerance!r} is invalid: use a finite score difference >= 0, e.g. 0.01")
-    check_workers(workers)
-    Recipe(steps=1, guard=guard, folds=folds, margin=margin)  # the guard settings, checked before any work
+    check_recipe_options(steps=steps, lr_grid=lr_grid, val_episodes=val_episodes, seed=seed, guard=guard,
+                         folds=folds, margin=margin, tolerance=tolerance, workers=workers)
     tasks = sample_tasks(family, "val", val_episodes, seed)
     with evaluation_mode([learner]):
         episodes = [(task, support_episode(learner, task)) for task in tasks]
@@ -79,6 +72,24 @@ def tune_recipe(learner: Learner, family: Any, *, steps: Sequence[int] = DEFAULT
     learner.recipe = Recipe(steps=best, scale=float(scale), guard=guard, folds=folds, margin=margin,
                             chosen_on=chosen_on)
     return learner.recipe
+
+
+def check_recipe_options(*, steps: Sequence[int] = DEFAULT_RECIPE_STEPS, lr_grid: Sequence[float] = DEFAULT_LR_GRID,
+                         val_episodes: int = 32, seed: int = 0, guard: bool = True, folds: Optional[int] = None,
+                         margin: float = 0.0, tolerance: float = 0.0, workers: int = 1) -> None:
+    """Raise ``ValueError`` naming the fix if ``tune_recipe`` would refuse these options (before any work)."""
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise ValueError(f"seed={seed!r} is invalid: use an integer")
+    if not steps or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in steps):
+        raise ValueError(f"steps={steps!r} is invalid: give step counts >= 1 to choose from, e.g. (1, 3, 5, 10)")
+    if not lr_grid or not all(isinstance(g, (int, float)) and g > 0 and math.isfinite(g) for g in lr_grid):
+        raise ValueError(f"lr_grid={lr_grid!r} is invalid: give positive step-size multipliers, e.g. (0.3, 1, 3)")
+    if not isinstance(val_episodes, int) or isinstance(val_episodes, bool) or val_episodes < 1:
+        raise ValueError(f"val_episodes={val_episodes!r} is invalid: use a positive number of validation tasks")
+    if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or not 0 <= tolerance < math.inf:
+        raise ValueError(f"tolerance={tolerance!r} is invalid: use a finite score difference >= 0, e.g. 0.01")
+    check_workers(workers)
+    Recipe(steps=1, guard=guard, folds=folds, margin=margin)  # the guard settings
 
 
 def fewest_within(scores: dict[int, float], higher_is_better: bool, tolerance: float = 0.0) -> int:

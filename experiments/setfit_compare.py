@@ -25,9 +25,12 @@ episodes). Seconds are wall seconds per episode to adapt and score.
 ``--replay N`` checks an earlier run's recipe row the way a user would get it: in this fresh process, one task
 at a time, no harness around it, ``metalearn.load(<setting>/learner).adapt(support).predict(query)`` on the
 first N test episodes of each setting, compared episode by episode with ``results.json`` (``replay.json``).
+With ``--guard-folds F`` it replays the saved recipe guarded by F support folds instead, paired with every
+row of the run (``replay_guard_folds_F.json``).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Optional, Sequence
@@ -68,18 +71,19 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     p.add_argument("--setfit-iterations", type=int, default=None,
                    help="SetFit's num_iterations (default: SetFit's own sampling, as practitioners get it)")
     p.add_argument("--replay", type=int, default=0, metavar="N",
-                   help="replay the recipe row of the run in --output-dir on its first N episodes, as a user would")
+                   help="replay the recipe row of the run in --output-dir on its first N episodes, as a user would "
+                   "(with --guard-folds: the saved recipe with that many guard folds, paired with the run's rows)")
     args = p.parse_args(common.argv_of(argv))
     settings = common.parse_settings(args.settings)
     if args.replay < 0:
         p.error(f"--replay {args.replay} is invalid: give a number of episodes to replay (or leave it out)")
+    if args.guard_folds is not None and args.guard_folds < 2:
+        p.error(f"--guard-folds {args.guard_folds} is invalid: give at least 2 folds (or leave it out for K)")
     args.output_dir = args.output_dir or os.path.join("runs", f"setfit_compare_{args.target}")
     if args.replay:
         return replay(args, settings, common.argv_of(argv))
     if args.quick:
         args.episodes, args.setfit_episodes, args.train_episodes, args.val_episodes = 6, 3, 8, 3
-    if args.guard_folds is not None and args.guard_folds < 2:
-        p.error(f"--guard-folds {args.guard_folds} is invalid: give at least 2 folds (or leave it out for K)")
     if not 0 <= args.step_tolerance < float("inf"):
         p.error(f"--step-tolerance {args.step_tolerance} is invalid: give an accuracy difference >= 0, e.g. 0.02")
     if not 1 <= args.setfit_episodes <= args.episodes:
@@ -190,16 +194,34 @@ def replay(args, settings, argv: list[str]) -> dict:
         if setting not in saved or args.replay > len(saved[setting]["per_episode"]):
             raise SystemExit(f"--replay {args.replay}: {path} has no {setting} recipe row with that many episodes")
         learner = metalearn.load(os.path.join(out, f"{n_way}x{k_shot}", "learner"))
+        if args.guard_folds is not None:
+            learner.recipe = dataclasses.replace(learner.recipe, folds=args.guard_folds)
         tasks = sample_tasks(target(args, n_way=n_way, k_shot=k_shot, q_query=5), "test", args.replay, args.seed)
-        now = [metrics.accuracy(learner.adapt(t.support).predict(t.query).cpu().numpy(), np.asarray(t.query["label"]))
-               for t in tasks]
+        now, uses, seconds = [], [], []
+        for t in tasks:
+            start = time.perf_counter()
+            adapted = learner.adapt(t.support)
+            now.append(metrics.accuracy(adapted.predict(t.query).cpu().numpy(), np.asarray(t.query["label"])))
+            uses.append(adapted.use)
+            seconds.append(time.perf_counter() - start)
         then = saved[setting]["per_episode"][:args.replay]
-        checks.append({"setting": setting, "episodes": len(now), "same": sum(a == b for a, b in zip(now, then)),
-                       "max_abs_difference": max(abs(a - b) for a, b in zip(now, then)),
-                       "replayed_mean": float(np.mean(now)), "saved_mean": float(np.mean(then))})
-        print(f"{setting}: {checks[-1]['same']}/{len(now)} episodes identical, replayed mean "
-              f"{checks[-1]['replayed_mean']:.4f}, saved {checks[-1]['saved_mean']:.4f}")
-    common.write_json(os.path.join(out, "replay.json"), {"checks": checks, "argv": argv}, indent=1)
+        check = {"setting": setting, "episodes": len(now), "same": sum(a == b for a, b in zip(now, then)),
+                 "max_abs_difference": max(abs(a - b) for a, b in zip(now, then)),
+                 "replayed_mean": float(np.mean(now)), "saved_mean": float(np.mean(then)),
+                 "kept_foundation": uses.count("foundation"), "seconds": float(np.mean(seconds))}
+        print(f"{setting}: {check['same']}/{len(now)} episodes identical, replayed mean {check['replayed_mean']:.4f}, "
+              f"saved {check['saved_mean']:.4f}; kept the frozen encoder on {check['kept_foundation']}")
+        if args.guard_folds is not None:  # another guard: paired with every method the run scored
+            check["guard_folds"] = args.guard_folds
+            check["minus"] = {}
+            for r in run["rows"]:
+                if r["setting"] == setting and r["method"] != "recipe":
+                    k = min(len(now), len(r["per_episode"]))
+                    check["minus"][r["method"]] = metrics.paired_ci(now[:k], r["per_episode"][:k])
+            print("  paired, replayed − " + ", ".join(f"{m} {common.mean_ci(*d)}" for m, d in check["minus"].items()))
+        checks.append(check)
+    name = "replay.json" if args.guard_folds is None else f"replay_guard_folds_{args.guard_folds}.json"
+    common.write_json(os.path.join(out, name), {"checks": checks, "argv": argv}, indent=1)
     return {"checks": checks}
 
 

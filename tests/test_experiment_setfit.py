@@ -46,6 +46,21 @@ def test_replay_reruns_the_recipe_row_as_a_user_would(quick_run):
     assert json.loads((out / "replay.json").read_text())["checks"] == [check]
 
 
+def test_replay_with_other_guard_folds_pairs_with_every_row(quick_run):
+    out, payload = quick_run
+    rows = {r["method"]: r["per_episode"] for r in payload["rows"]}
+    replayed = setfit_compare.main(["--settings", "5x2", "--replay", "4", "--guard-folds", "2",
+                                    "--output-dir", str(out)])
+    check, = replayed["checks"]
+    assert check["same"] == 4  # at K = 2 two folds are the saved recipe's K folds
+    assert set(check["minus"]) == set(setfit_compare.METHODS) - {"recipe"}
+    mean = sum(rows["recipe"][:4]) / 4
+    assert check["minus"]["prototypes"][0] == pytest.approx(mean - sum(rows["prototypes"][:4]) / 4)
+    assert check["minus"]["setfit"][0] == pytest.approx(sum(rows["recipe"][:3]) / 3 - sum(rows["setfit"]) / 3)
+    assert 0 <= check["kept_foundation"] <= 4 and check["seconds"] > 0
+    assert json.loads((out / "replay_guard_folds_2.json").read_text())["checks"] == json.loads(json.dumps([check]))
+
+
 def test_replay_without_an_earlier_run_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="does not exist; run setfit_compare"):
         setfit_compare.main(["--replay", "4", "--output-dir", str(tmp_path / "none")])

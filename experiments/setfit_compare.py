@@ -12,7 +12,8 @@ validation classes, and then, on the same test episodes of the target's held-out
   setting's recipe and loaded back (``<setting>/learner``), guarded at K >= 2
   by the task's own support folds (at K = 1 nothing can be held out, so it adapts);
 * ``setfit``: SetFit with its defaults, trained per episode from the same encoder folder, on the first
-  ``--setfit-episodes`` episodes (it costs 20-30 s a 5-way 5-shot episode on one CPU thread).
+  ``--setfit-episodes`` episodes (a 5-way 5-shot episode costs 21-37 s on
+  one CPU thread on intents and news, 62 s on FewRel's long sentences).
 
 Every number is the mean over episodes with its 95% interval; differences are paired, episode by episode,
 against SetFit on the episodes it ran and against the frozen encoder's prototypes (SetFit: on its

@@ -11,6 +11,9 @@ validation classes, and then, on the same test episodes of the target's held-out
 * ``recipe``: what a user gets, ``metalearn.load(saved).adapt(task.support)``: the learner saved with the
   setting's recipe and loaded back (``<setting>/learner``), guarded at K >= 2
   by the task's own support folds (at K = 1 nothing can be held out, so it adapts);
+* ``pooled`` (K >= 2): what a user who adapts many tasks of one target gets, the same loaded learner behind
+  one verdict pooled over the folds of all the setting's support sets (``eval.guard.decide_gated``, then
+  ``adapt(support, guard=choice)``); its seconds are each task's own folds plus its adaptation;
 * ``setfit``: SetFit with its defaults, trained per episode from the same encoder folder, on the first
   ``--setfit-episodes`` episodes (a 5-way 5-shot episode costs 21-37 s on
   one CPU thread on intents and news, 62 s on FewRel's long sentences).
@@ -26,8 +29,9 @@ episodes). Seconds are wall seconds per episode to adapt and score.
 ``--replay N`` checks an earlier run's recipe row the way a user would get it: in this fresh process, one task
 at a time, no harness around it, ``metalearn.load(<setting>/learner).adapt(support).predict(query)`` on the
 first N test episodes of each setting, compared episode by episode with ``results.json`` (``replay.json``).
-With ``--guard-folds F`` it replays the saved recipe guarded by F support folds instead, paired with every
-row of the run (``replay_guard_folds_F.json``).
+With ``--guard-folds F`` it replays the saved recipe guarded by F support folds instead, and with ``--pooled``
+behind a verdict pooled over the N support sets; either is paired with every row of the run
+(``replay_guard_folds_F.json``, ``replay_pooled.json``).
 """
 from __future__ import annotations
 
@@ -40,12 +44,12 @@ import numpy as np
 
 import metalearn
 from experiments import common
-from metalearn.eval import SetFitOptions, metrics, sample_tasks
+from metalearn.eval import SetFitOptions, guard, metrics, sample_tasks
 from metalearn.eval.workers import forked_map
 from metalearn.tasks import load
 from metalearn.views import evaluation_mode
 
-METHODS = ("prototypes", "linear_probe", "random_init", "protonet", "recipe", "setfit")
+METHODS = ("prototypes", "linear_probe", "random_init", "protonet", "recipe", "pooled", "setfit")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -74,10 +78,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     p.add_argument("--replay", type=int, default=0, metavar="N",
                    help="replay the recipe row of the run in --output-dir on its first N episodes, as a user would "
                    "(with --guard-folds: the saved recipe with that many guard folds, paired with the run's rows)")
+    p.add_argument("--pooled", action="store_true",
+                   help="with --replay: the saved recipe behind a verdict pooled over the N support sets' folds")
     args = p.parse_args(common.argv_of(argv))
     settings = common.parse_settings(args.settings)
     if args.replay < 0:
         p.error(f"--replay {args.replay} is invalid: give a number of episodes to replay (or leave it out)")
+    if args.pooled and not args.replay:
+        p.error("--pooled replays a run's recipe behind a pooled verdict: give --replay N too (a run scores the "
+                "pooled row at K >= 2 by itself)")
     if args.guard_folds is not None and args.guard_folds < 2:
         p.error(f"--guard-folds {args.guard_folds} is invalid: give at least 2 folds (or leave it out for K)")
     args.output_dir = args.output_dir or os.path.join("runs", f"setfit_compare_{args.target}")
@@ -136,8 +145,11 @@ def cell(learner, args, n_way: int, k_shot: int, options: SetFitOptions) -> list
                                  val_episodes=args.val_episodes, workers=args.workers, progress=not args.quiet,
                                  output_dir=os.path.join(args.output_dir, f"{n_way}x{k_shot}"))
     per = {m: _column(harness, m, recipe.steps) for m in ("prototypes", "linear_probe", "random_init", "protonet")}
-    per["recipe"] = _recipe_column(metalearn.load(saved), sample_tasks(family, "test", args.episodes, args.seed),
-                                   args.workers)
+    user, tasks = metalearn.load(saved), sample_tasks(family, "test", args.episodes, args.seed)
+    *per["recipe"], kept = _recipe_column(user, tasks, args.workers)
+    kept = {"recipe": kept}
+    if k_shot >= 2:
+        *per["pooled"], kept["pooled"], verdict = _recipe_column(user, tasks, args.workers, pooled=True)
     setfit = metalearn.evaluate({"protonet": learner}, family, baselines=["setfit"], steps=[0], lr_grid=None,
                                 episodes=args.setfit_episodes, seed=args.seed, workers=args.workers, setfit=options,
                                 progress=not args.quiet)
@@ -145,7 +157,7 @@ def cell(learner, args, n_way: int, k_shot: int, options: SetFitOptions) -> list
     m = args.setfit_episodes
     frozen = per["prototypes"][0]
     out = []
-    for method in METHODS:
+    for method in (m for m in METHODS if m in per):
         acc, secs = per[method]
         mean, ci = metrics.mean_ci(acc)
         diff = metrics.paired_ci(acc[:m], per["setfit"][0][:m]) if method != "setfit" else (0.0, 0.0)
@@ -154,7 +166,9 @@ def cell(learner, args, n_way: int, k_shot: int, options: SetFitOptions) -> list
                     "n": len(acc), "minus_setfit": diff[0], "minus_setfit_ci95": diff[1], "setfit_n": m,
                     "minus_prototypes": below[0], "minus_prototypes_ci95": below[1],
                     "seconds": float(np.mean(secs)), "seconds_ci95": metrics.mean_ci(secs)[1],
-                    "recipe": recipe.to_dict(), "per_episode": acc})
+                    "recipe": recipe.to_dict(), "per_episode": acc,
+                    **({"kept_foundation": kept[method]} if method in kept else {}),
+                    **({"verdict": verdict} if method == "pooled" else {})})
     return out
 
 
@@ -165,18 +179,28 @@ def _column(results, method: str, steps: int) -> tuple[list[float], list[float]]
     return [acc[i] for i in sorted(acc)], [secs[i] for i in sorted(secs)]
 
 
-def _recipe_column(learner, tasks, workers: int) -> tuple[list[float], list[float]]:
-    """What a user gets: ``learner.adapt(support)`` (saved recipe, guard by default), scored on the query."""
+def _recipe_column(learner, tasks, workers: int, pooled: bool = False):
+    """What a user gets: ``learner.adapt(support)`` (saved recipe, guard by default), scored on the query.
 
-    def one(task) -> tuple[float, float]:
+    ``pooled``: behind one verdict pooled over all the tasks' support folds (``eval.guard.decide_gated``); each
+    task's seconds then include its own folds. Returns accuracies, seconds, how many tasks kept the frozen
+    encoder and (pooled) the verdict.
+    """
+    choices, verdict = guard.decide_gated(learner, [t.support for t in tasks], workers=workers) if pooled else (
+        [None] * len(tasks), None)
+
+    def one(job) -> tuple[float, float, str]:
+        task, choice = job
         start = time.perf_counter()
-        pred = learner.adapt(task.support).predict(task.query)
-        seconds = time.perf_counter() - start
-        return metrics.accuracy(pred.cpu().numpy(), np.asarray(task.query["label"])), seconds
+        adapted = learner.adapt(task.support, guard=choice)
+        pred = adapted.predict(task.query)
+        seconds = time.perf_counter() - start + (choice["seconds"] if choice else 0.0)
+        return metrics.accuracy(pred.cpu().numpy(), np.asarray(task.query["label"])), seconds, adapted.use
 
     with evaluation_mode([learner]):
-        done = list(forked_map(one, list(tasks), workers))
-    return [a for a, _ in done], [s for _, s in done]
+        done = list(forked_map(one, list(zip(tasks, choices)), workers))
+    column = ([a for a, _, _ in done], [s for _, s, _ in done], sum(u == "foundation" for _, _, u in done))
+    return (*column, verdict) if pooled else column
 
 
 def replay(args, settings, argv: list[str]) -> dict:
@@ -198,30 +222,28 @@ def replay(args, settings, argv: list[str]) -> dict:
         if args.guard_folds is not None:
             learner.recipe = dataclasses.replace(learner.recipe, folds=args.guard_folds)
         tasks = sample_tasks(target(args, n_way=n_way, k_shot=k_shot, q_query=5), "test", args.replay, args.seed)
-        now, uses, seconds = [], [], []
-        for t in tasks:
-            start = time.perf_counter()
-            adapted = learner.adapt(t.support)
-            now.append(metrics.accuracy(adapted.predict(t.query).cpu().numpy(), np.asarray(t.query["label"])))
-            uses.append(adapted.use)
-            seconds.append(time.perf_counter() - start)
+        result = _recipe_column(learner, tasks, args.workers, pooled=args.pooled)
+        now, seconds, kept = result[:3]
         then = saved[setting]["per_episode"][:args.replay]
         check = {"setting": setting, "episodes": len(now), "same": sum(a == b for a, b in zip(now, then)),
                  "max_abs_difference": max(abs(a - b) for a, b in zip(now, then)),
                  "replayed_mean": float(np.mean(now)), "saved_mean": float(np.mean(then)),
-                 "kept_foundation": uses.count("foundation"), "seconds": float(np.mean(seconds))}
+                 "kept_foundation": kept, "seconds": float(np.mean(seconds))}
         print(f"{setting}: {check['same']}/{len(now)} episodes identical, replayed mean {check['replayed_mean']:.4f}, "
-              f"saved {check['saved_mean']:.4f}; kept the frozen encoder on {check['kept_foundation']}")
-        if args.guard_folds is not None:  # another guard: paired with every method the run scored
-            check["guard_folds"] = args.guard_folds
-            check["minus"] = {}
+              f"saved {check['saved_mean']:.4f}; kept the frozen encoder on {kept}; {check['seconds']:.2f} s / episode")
+        if args.guard_folds is not None or args.pooled:  # another guard: paired with every method the run scored
+            check.update(guard_folds=args.guard_folds, pooled=args.pooled, minus={})
+            if args.pooled:
+                check["verdict"] = result[3]
+                print(f"  pooled verdict: {result[3]}")
             for r in run["rows"]:
-                if r["setting"] == setting and r["method"] != "recipe":
+                if r["setting"] == setting:
                     k = min(len(now), len(r["per_episode"]))
                     check["minus"][r["method"]] = metrics.paired_ci(now[:k], r["per_episode"][:k])
             print("  paired, replayed − " + ", ".join(f"{m} {common.mean_ci(*d)}" for m, d in check["minus"].items()))
         checks.append(check)
-    name = "replay.json" if args.guard_folds is None else f"replay_guard_folds_{args.guard_folds}.json"
+    name = "replay" + ("_pooled" if args.pooled else "") + (
+        f"_guard_folds_{args.guard_folds}" if args.guard_folds is not None else "") + ".json"
     common.write_json(os.path.join(out, name), {"checks": checks, "argv": argv}, indent=1)
     return {"checks": checks}
 

@@ -136,13 +136,24 @@ def decide(learner: Any, task: Task, *, steps: Optional[int] = None, scale: floa
     return {"use": use, "task_id": task.task_id, "held_out_accuracy": acc, "held_out_nll": nll, "folds": len(meta)}
 
 
-def guard_decision(learner: Any, task: Task, guard: Union[bool, str, None], steps: Optional[int],
+def guard_decision(learner: Any, task: Task, guard: Union[bool, str, Mapping, None], steps: Optional[int],
                    scale: float) -> dict[str, Any]:
-    """Which way ``Learner.adapt`` goes for ``task`` (``"meta"`` or ``"foundation"``) and why, per its ``guard``."""
+    """Which way ``Learner.adapt`` goes for ``task`` (``"meta"`` or ``"foundation"``) and why, per its ``guard``.
+
+    A mapping is a decision made elsewhere for this task (one of ``eval.guard.decide_gated``'s choices): its
+    ``"use"`` is applied and the rest kept, so ``adapted.decision`` still shows the held-out scores.
+    """
+    if isinstance(guard, Mapping):
+        if guard.get("use") not in ("meta", "foundation"):
+            raise ValueError(f"guard={dict(guard)!r} is invalid: a decision needs use='meta' or 'foundation' (as "
+                             "eval.guard.decide_gated returns them)")
+        gate = "pooled over many tasks" if guard.get("gate") == "family" else "made for this task"
+        return {**guard, "why": f"a decision given to adapt ({gate})"}
     if guard in ("meta", "foundation"):
         return {"use": guard, "why": "a verdict given to adapt (guard=...)"}
     if guard not in (None, True, False):
-        raise ValueError(f"guard={guard!r} is invalid: use True, False, 'meta' or 'foundation'")
+        raise ValueError(f"guard={guard!r} is invalid: use True, False, 'meta', 'foundation' or a decision "
+                         "(eval.guard.decide_gated)")
     recipe_guard = learner.recipe.guard if learner.recipe else True
     if guard is False or (guard is None and not recipe_guard):
         return {"use": "meta", "why": "unguarded (guard=False)"}

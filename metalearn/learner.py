@@ -260,14 +260,15 @@ class Learner:
     # ---- public -----------------------------------------------------------------------------------
     def adapt(self, support: Union[Task, Mapping[str, Any]], steps: Optional[int] = None,
               kind: Optional[str] = None, *, scale: Optional[float] = None,
-              guard: Union[bool, str, None] = None) -> AdaptedModel:
+              guard: Union[bool, str, Mapping[str, Any], None] = None) -> AdaptedModel:
         """Adapt the meta-learned initialization to one task's support set; return the adapted model.
 
         Defaults come from ``self.recipe`` when one was chosen (``metalearn.eval.tune_recipe``, saved with the
         learner): its step count and step-size ``scale``; else ``inner.steps`` steps at the meta-trained sizes.
         ``guard`` (classification): ``True`` decides from the support set's own folds whether adapting beats
         the frozen foundation (``guarded.decide``; needs K >= 2 per class), ``False`` always adapts, ``"meta"`` or
-        ``"foundation"`` applies a verdict made elsewhere (say pooled over many tasks, ``eval.guard``). The
+        ``"foundation"`` applies a verdict made elsewhere, and so does one of ``eval.guard.decide_gated``'s
+        choices (a verdict pooled over many tasks of one target, with its held-out scores). The
         default is the recipe's guard, on for classification at K >= 2. ``adapted.decision`` says which way
         it went and why. The model runs in eval mode (no dropout) throughout, whatever mode it was left in.
         """

@@ -24,6 +24,13 @@ def test_setfit_compare_quick(quick_run):
     assert all(r["n"] == 6 and len(r["per_episode"]) == 6 for m, r in rows.items() if m != "setfit")
     assert rows["setfit"]["n"] == 3 and rows["recipe"]["setfit_n"] == 3
     assert rows["recipe"]["recipe"]["steps"] >= 1 and rows["recipe"]["recipe"]["guard"] is True
+    verdict = rows["pooled"]["verdict"]  # one verdict pooled over the 6 support sets' folds
+    assert verdict["tasks"] == 6 and verdict["use"] in ("meta", "foundation", "per task")
+    if verdict["use"] == "per task":  # each task keeps its own decision: the recipe row, episode by episode
+        assert rows["pooled"]["per_episode"] == rows["recipe"]["per_episode"]
+    else:
+        assert rows["pooled"]["kept_foundation"] == (6 if verdict["use"] == "foundation" else 0)
+    assert rows["pooled"]["seconds"] > rows["protonet"]["seconds"] / 10  # its folds are counted
     frozen = rows["prototypes"]["per_episode"]
     for r in rows.values():  # paired with the frozen encoder, episode by episode (SetFit: on its episodes)
         mine = r["per_episode"]
@@ -53,12 +60,27 @@ def test_replay_with_other_guard_folds_pairs_with_every_row(quick_run):
                                     "--output-dir", str(out)])
     check, = replayed["checks"]
     assert check["same"] == 4  # at K = 2 two folds are the saved recipe's K folds
-    assert set(check["minus"]) == set(setfit_compare.METHODS) - {"recipe"}
+    assert set(check["minus"]) == set(setfit_compare.METHODS) and check["minus"]["recipe"] == (0.0, 0.0)
     mean = sum(rows["recipe"][:4]) / 4
     assert check["minus"]["prototypes"][0] == pytest.approx(mean - sum(rows["prototypes"][:4]) / 4)
     assert check["minus"]["setfit"][0] == pytest.approx(sum(rows["recipe"][:3]) / 3 - sum(rows["setfit"]) / 3)
     assert 0 <= check["kept_foundation"] <= 4 and check["seconds"] > 0
     assert json.loads((out / "replay_guard_folds_2.json").read_text())["checks"] == json.loads(json.dumps([check]))
+
+
+def test_replay_pooled_applies_one_verdict_and_pairs_with_every_row(quick_run):
+    out, payload = quick_run
+    rows = {r["method"]: r["per_episode"] for r in payload["rows"]}
+    replayed = setfit_compare.main(["--settings", "5x2", "--replay", "4", "--pooled", "--output-dir", str(out)])
+    check, = replayed["checks"]
+    assert check["pooled"] and check["verdict"]["tasks"] == 4 and set(check["minus"]) == set(setfit_compare.METHODS)
+    if check["verdict"]["use"] != "per task":
+        assert check["kept_foundation"] == (4 if check["verdict"]["use"] == "foundation" else 0)
+    mean = check["replayed_mean"]
+    assert check["minus"]["prototypes"][0] == pytest.approx(mean - sum(rows["prototypes"][:4]) / 4)
+    assert json.loads((out / "replay_pooled.json").read_text())["checks"] == json.loads(json.dumps([check]))
+    with pytest.raises(SystemExit):  # --pooled belongs to a replay
+        setfit_compare.main(["--settings", "5x2", "--pooled", "--output-dir", str(out / "other")])
 
 
 def test_replay_without_an_earlier_run_is_a_clear_error(tmp_path):

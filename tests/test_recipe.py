@@ -125,6 +125,27 @@ def test_one_shot_adapts_unguarded_and_a_given_verdict_is_applied():
         learner.adapt(t.support, guard="maybe")
 
 
+def test_a_verdict_pooled_over_a_users_support_sets_uses_the_recipe_and_goes_to_adapt():
+    learner = encoder_learner()
+    learner.recipe = Recipe(steps=2, scale=3.0, guard=True, folds=2)
+    tasks = [task(s) for s in range(4)]
+    supports = [t.support for t in tasks]  # what a user has: support sets, no query
+    choices, verdict = guard.decide_gated(learner, supports)
+    alone = [guard.decide(learner, Task(s, s, "classification"), steps=2, scale=3.0, folds=2) for s in supports]
+    assert [c["held_out_accuracy"] for c in choices] == [a["held_out_accuracy"] for a in alone]  # the recipe's
+    assert [c["folds"] for c in choices] == [2] * 4 and verdict["tasks"] == 4
+    for support, choice in zip(supports, choices):
+        adapted = learner.adapt(support, guard=choice)
+        assert adapted.use == choice["use"] and adapted.decision["held_out_accuracy"] == choice["held_out_accuracy"]
+    pooled = learner.adapt(supports[0], guard={**choices[0], "use": "foundation", "gate": "family"})
+    assert pooled.use == "foundation" and "pooled over many tasks" in pooled.decision["why"]
+    adapted = learner.adapt(supports[0], guard={**choices[0], "use": "meta", "gate": "family"})
+    expected, _ = learner.adapt_params(learner.episode(Task(supports[0], supports[0], "classification")), 2, 3.0)
+    assert all(torch.equal(adapted.params[n], expected[n]) for n in expected)  # the recipe's steps and step size
+    with pytest.raises(ValueError, match="a decision needs use='meta' or 'foundation'"):
+        learner.adapt(supports[0], guard={"use": "per task"})
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(steps=-1), "recipe.steps=-1"), (dict(steps=2, scale=0), "recipe.scale=0"),
     (dict(steps=2, folds=0), "recipe.folds=0"), (dict(steps=2, margin=-0.1), "recipe.margin=-0.1")])

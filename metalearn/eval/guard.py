@@ -24,7 +24,8 @@ tasks being decided into one verdict for the family (all adapt, none adapt, or e
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+import time
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from .. import guarded
 from ..learner import Learner
@@ -130,16 +131,23 @@ def decide(learner: Learner, task: Task, *, steps: int, scale: float = 1.0, foun
 def decide_tasks(learner: Learner, tasks: Sequence[Task], workers: int = 1, **kwargs: Any) -> list[dict[str, Any]]:
     """:func:`decide` for every task, with the model in evaluation mode (as ``evaluate`` runs it).
 
-    ``workers`` forked processes share the tasks (``workers.forked_map``; the same decisions).
+    ``workers`` forked processes share the tasks (``workers.forked_map``; the same decisions). Each choice
+    records the wall ``seconds`` its decision took (its folds' adaptations and scoring).
     """
     check_workers(workers)
+
+    def one(task: Task) -> dict[str, Any]:
+        start = time.perf_counter()
+        choice = decide(learner, task, **kwargs)
+        return {**choice, "seconds": time.perf_counter() - start}
+
     with evaluation_mode([learner]):
-        return list(forked_map(lambda task: decide(learner, task, **kwargs), list(tasks), workers))
+        return list(forked_map(one, list(tasks), workers))
 
 
-def decide_gated(learner: Learner, tasks: Sequence[Task], *, steps: int, scale: float = 1.0,
-                 foundation: str = "zero_shot", folds: Optional[int] = None, margin: float = 0.0,
-                 workers: int = 1) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def decide_gated(learner: Learner, tasks: Sequence[Union[Task, Mapping[str, Any]]], *, steps: Optional[int] = None,
+                 scale: Optional[float] = None, foundation: str = "zero_shot", folds: Optional[int] = None,
+                 margin: Optional[float] = None, workers: int = 1) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """:func:`decide` for every task, behind a verdict for the whole family pooled over those tasks' support folds.
 
     One task's folds hold out a handful of examples (10 at 5-way with 2 folds), so its accuracy difference
@@ -152,7 +160,18 @@ def decide_gated(learner: Learner, tasks: Sequence[Task], *, steps: int, scale: 
     when the whole interval is above ``margin`` (per-task noise would only mix the foundation back in: on
     FewRel 5-way 5-shot, +2.5 ± 0.6 pooled, per-task decisions cost 0.5 points); in between each task keeps
     its own decision. Only support sets are read. Returns (one choice per task, the verdict).
+
+    ``tasks`` may be a user's support sets (mappings with ``text`` and ``label``): then each choice goes to
+    ``learner.adapt(support, guard=choice)``. ``steps``, ``scale``, ``folds`` and ``margin`` default to the
+    learner's recipe (``tune_recipe``), the ones ``adapt`` uses.
     """
+    recipe = learner.recipe
+    steps = steps if steps is not None else recipe.steps if recipe else learner.config.inner.steps
+    scale = scale if scale is not None else recipe.scale if recipe else 1.0
+    folds = folds if folds is not None or recipe is None else recipe.folds
+    margin = margin if margin is not None else recipe.margin if recipe else 0.0
+    tasks = [t if isinstance(t, Task) else Task(t, t, "classification", task_id=f"support {i}")
+             for i, t in enumerate(tasks)]
     choices = decide_tasks(learner, tasks, workers=workers, steps=steps, scale=scale, foundation=foundation,
                            folds=folds, margin=margin)
     mean, ci = mean_ci([c["held_out_accuracy"]["meta"] - c["held_out_accuracy"]["foundation"] for c in choices])

@@ -55,7 +55,8 @@ METHODS = ("prototypes", "linear_probe", "random_init", "protonet", "recipe", "p
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     p = common.parser(__doc__)
     common.add_run_arguments(p, None, "tiny budgets: the whole path in a few minutes")
-    p.add_argument("--target", default="clinc150", help="a classification spec with held-out test classes")
+    p.add_argument("--target", default=None,
+                   help="a classification spec with held-out test classes (default clinc150; a replay reads the run's)")
     p.add_argument("--settings", default="5x1,5x5", help="NxK test settings")
     p.add_argument("--splits", type=_fractions, default=None, metavar="TRAIN,VAL,TEST",
                    help="class fractions of the target's meta-splits (default: the spec's); FewRel's spec keeps 3 "
@@ -89,9 +90,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                 "pooled row at K >= 2 by itself)")
     if args.guard_folds is not None and args.guard_folds < 2:
         p.error(f"--guard-folds {args.guard_folds} is invalid: give at least 2 folds (or leave it out for K)")
-    args.output_dir = args.output_dir or os.path.join("runs", f"setfit_compare_{args.target}")
+    args.output_dir = args.output_dir or os.path.join("runs", f"setfit_compare_{args.target or 'clinc150'}")
     if args.replay:
         return replay(args, settings, common.argv_of(argv))
+    args.target = args.target or "clinc150"
     if args.quick:
         args.episodes, args.setfit_episodes, args.train_episodes, args.val_episodes = 6, 3, 8, 3
     if not 0 <= args.step_tolerance < float("inf"):
@@ -119,7 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     rows = [row for n, k in settings for row in cell(learner, args, n, k, options)]
     text = report(rows, args, common.argv_of(argv), time.time() - start)
     return common.write_report(args.output_dir, text, {"rows": rows, "argv": common.argv_of(argv),
-                                                         "splits": args.splits})
+                                                         "target": args.target, "splits": args.splits})
 
 
 def target(args, **overrides):
@@ -211,7 +213,10 @@ def replay(args, settings, argv: list[str]) -> dict:
         raise SystemExit(f"--replay: {path} does not exist; run setfit_compare with --output-dir {out} first")
     run = common.read_json(path)
     saved = {r["setting"]: r for r in run["rows"] if r["method"] == "recipe"}
-    args.splits = args.splits or run.get("splits")  # the run's test classes
+    ran = run.get("target") or _option(run["argv"], "--target") or "clinc150"
+    if args.target not in (None, ran):
+        raise SystemExit(f"--replay: {path} is a run on {ran!r}, not --target {args.target!r}; leave --target out")
+    args.target, args.splits = ran, args.splits or run.get("splits")  # the run's target and test classes
     common.setup(args)
     checks = []
     for n_way, k_shot in settings:
@@ -246,6 +251,16 @@ def replay(args, settings, argv: list[str]) -> dict:
         f"_guard_folds_{args.guard_folds}" if args.guard_folds is not None else "") + ".json"
     common.write_json(os.path.join(out, name), {"checks": checks, "argv": argv}, indent=1)
     return {"checks": checks}
+
+
+def _option(argv: list[str], name: str) -> Optional[str]:
+    """The value given to option ``name`` in ``argv`` (``--name value`` or ``--name=value``), else None."""
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def report(rows: list[dict], args, argv: list[str], seconds: float) -> str:

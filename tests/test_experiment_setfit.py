@@ -79,6 +79,8 @@ def test_replay_pooled_applies_one_verdict_and_pairs_with_every_row(quick_run):
     mean = check["replayed_mean"]
     assert check["minus"]["prototypes"][0] == pytest.approx(mean - sum(rows["prototypes"][:4]) / 4)
     assert json.loads((out / "replay_pooled.json").read_text())["checks"] == json.loads(json.dumps([check]))
+    with pytest.raises(SystemExit, match="is a run on 'clinc150', not --target 'hwu64'"):  # the run's target
+        setfit_compare.main(["--target", "hwu64", "--settings", "5x2", "--replay", "4", "--output-dir", str(out)])
     with pytest.raises(SystemExit):  # --pooled belongs to a replay
         setfit_compare.main(["--settings", "5x2", "--pooled", "--output-dir", str(out / "other")])
 

@@ -148,10 +148,10 @@ def cell(learner, args, n_way: int, k_shot: int, options: SetFitOptions) -> list
                                  output_dir=os.path.join(args.output_dir, f"{n_way}x{k_shot}"))
     per = {m: _column(harness, m, recipe.steps) for m in ("prototypes", "linear_probe", "random_init", "protonet")}
     user, tasks = metalearn.load(saved), sample_tasks(family, "test", args.episodes, args.seed)
-    *per["recipe"], kept = _recipe_column(user, tasks, args.workers)
-    kept = {"recipe": kept}
+    user_rows = {"recipe": _recipe_column(user, tasks, args.workers)}
     if k_shot >= 2:
-        *per["pooled"], kept["pooled"], verdict = _recipe_column(user, tasks, args.workers, pooled=True)
+        user_rows["pooled"] = _recipe_column(user, tasks, args.workers, pooled=True)
+    per.update({m: (r["accuracy"], r["seconds"]) for m, r in user_rows.items()})
     setfit = metalearn.evaluate({"protonet": learner}, family, baselines=["setfit"], steps=[0], lr_grid=None,
                                 episodes=args.setfit_episodes, seed=args.seed, workers=args.workers, setfit=options,
                                 progress=not args.quiet)
@@ -159,7 +159,7 @@ def cell(learner, args, n_way: int, k_shot: int, options: SetFitOptions) -> list
     m = args.setfit_episodes
     frozen = per["prototypes"][0]
     out = []
-    for method in (m for m in METHODS if m in per):
+    for method in (name for name in METHODS if name in per):
         acc, secs = per[method]
         mean, ci = metrics.mean_ci(acc)
         diff = metrics.paired_ci(acc[:m], per["setfit"][0][:m]) if method != "setfit" else (0.0, 0.0)
@@ -169,8 +169,7 @@ def cell(learner, args, n_way: int, k_shot: int, options: SetFitOptions) -> list
                     "minus_prototypes": below[0], "minus_prototypes_ci95": below[1],
                     "seconds": float(np.mean(secs)), "seconds_ci95": metrics.mean_ci(secs)[1],
                     "recipe": recipe.to_dict(), "per_episode": acc,
-                    **({"kept_foundation": kept[method]} if method in kept else {}),
-                    **({"verdict": verdict} if method == "pooled" else {})})
+                    **{k: v for k, v in user_rows.get(method, {}).items() if k in ("kept_foundation", "verdict")}})
     return out
 
 
@@ -181,12 +180,12 @@ def _column(results, method: str, steps: int) -> tuple[list[float], list[float]]
     return [acc[i] for i in sorted(acc)], [secs[i] for i in sorted(secs)]
 
 
-def _recipe_column(learner, tasks, workers: int, pooled: bool = False):
+def _recipe_column(learner, tasks, workers: int, pooled: bool = False) -> dict:
     """What a user gets: ``learner.adapt(support)`` (saved recipe, guard by default), scored on the query.
 
     ``pooled``: behind one verdict pooled over all the tasks' support folds (``eval.guard.decide_gated``); each
-    task's seconds then include its own folds. Returns accuracies, seconds, how many tasks kept the frozen
-    encoder and (pooled) the verdict.
+    task's seconds then include its own folds. Returns per-episode ``accuracy`` and ``seconds``, how many tasks
+    kept the frozen encoder (``kept_foundation``) and, pooled, the ``verdict``.
     """
     choices, verdict = guard.decide_gated(learner, [t.support for t in tasks], workers=workers) if pooled else (
         [None] * len(tasks), None)
@@ -201,8 +200,9 @@ def _recipe_column(learner, tasks, workers: int, pooled: bool = False):
 
     with evaluation_mode([learner]):
         done = list(forked_map(one, list(zip(tasks, choices)), workers))
-    column = ([a for a, _, _ in done], [s for _, s, _ in done], sum(u == "foundation" for _, _, u in done))
-    return (*column, verdict) if pooled else column
+    column = {"accuracy": [a for a, _, _ in done], "seconds": [s for _, s, _ in done],
+              "kept_foundation": sum(u == "foundation" for _, _, u in done)}
+    return {**column, "verdict": verdict} if pooled else column
 
 
 def replay(args, settings, argv: list[str]) -> dict:
@@ -228,7 +228,7 @@ def replay(args, settings, argv: list[str]) -> dict:
             learner.recipe = dataclasses.replace(learner.recipe, folds=args.guard_folds)
         tasks = sample_tasks(target(args, n_way=n_way, k_shot=k_shot, q_query=5), "test", args.replay, args.seed)
         result = _recipe_column(learner, tasks, args.workers, pooled=args.pooled)
-        now, seconds, kept = result[:3]
+        now, seconds, kept = result["accuracy"], result["seconds"], result["kept_foundation"]
         then = saved[setting]["per_episode"][:args.replay]
         check = {"setting": setting, "episodes": len(now), "same": sum(a == b for a, b in zip(now, then)),
                  "max_abs_difference": max(abs(a - b) for a, b in zip(now, then)),
@@ -239,8 +239,8 @@ def replay(args, settings, argv: list[str]) -> dict:
         if args.guard_folds is not None or args.pooled:  # another guard: paired with every method the run scored
             check.update(guard_folds=args.guard_folds, pooled=args.pooled, minus={})
             if args.pooled:
-                check["verdict"] = result[3]
-                print(f"  pooled verdict: {result[3]}")
+                check["verdict"] = result["verdict"]
+                print(f"  pooled verdict: {result['verdict']}")
             for r in run["rows"]:
                 if r["setting"] == setting:
                     k = min(len(now), len(r["per_episode"]))
@@ -277,6 +277,11 @@ def report(rows: list[dict], args, argv: list[str], seconds: float) -> str:
     recipes = {r["setting"]: r["recipe"] for r in rows}
     lines += ["", "Recipes (chosen on validation classes): " + "; ".join(
         f"{s}: {r['steps']} steps, step size x{r['scale']:g}" for s, r in recipes.items())]
+    verdicts = [(r["setting"], r["verdict"]) for r in rows if r["method"] == "pooled"]
+    if verdicts:
+        lines += ["", "Pooled verdicts (over the setting's test support sets' folds): " + "; ".join(
+            f"{s}: {v['use']}, held-out difference {common.mean_ci(v['held_out_difference'], v['ci95'])} over "
+            f"{v['tasks']} tasks" for s, v in verdicts)]
     return "\n".join(lines) + "\n"
 
 

@@ -41,6 +41,7 @@ def test_setfit_compare_quick(quick_run):
     table = (out / "table.md").read_text()
     assert "python -m experiments.setfit_compare --quick" in table and "| 5-way 2-shot | setfit |" in table
     assert "| − frozen prototypes, paired |" in table
+    assert f"Pooled verdicts (over the setting's test support sets' folds): 5-way 2-shot: {verdict['use']}," in table
 
 
 def test_replay_reruns_the_recipe_row_as_a_user_would(quick_run):

@@ -30,8 +30,10 @@ episodes). Seconds are wall seconds per episode to adapt and score.
 at a time, no harness around it, ``metalearn.load(<setting>/learner).adapt(support).predict(query)`` on the
 first N test episodes of each setting, compared episode by episode with ``results.json`` (``replay.json``).
 With ``--guard-folds F`` it replays the saved recipe guarded by F support folds instead, and with ``--pooled``
-behind a verdict pooled over the N support sets; either is paired with every row of the run
-(``replay_guard_folds_F.json``, ``replay_pooled.json``).
+behind a verdict pooled over the N support sets; ``--pooled M`` decides the verdict on the first M of them
+only, once for the target, and the rest follow it without folds (or decide on their own folds when it is
+unclear). Each is paired with every row of the run (``replay_guard_folds_F.json``, ``replay_pooled.json``,
+``replay_pooled_M.json``).
 """
 from __future__ import annotations
 
@@ -79,13 +81,17 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     p.add_argument("--replay", type=int, default=0, metavar="N",
                    help="replay the recipe row of the run in --output-dir on its first N episodes, as a user would "
                    "(with --guard-folds: the saved recipe with that many guard folds, paired with the run's rows)")
-    p.add_argument("--pooled", action="store_true",
-                   help="with --replay: the saved recipe behind a verdict pooled over the N support sets' folds")
+    p.add_argument("--pooled", type=int, nargs="?", const=0, default=None, metavar="M",
+                   help="with --replay: the saved recipe behind a verdict pooled over the N support sets' folds (M: "
+                   "over the first M only; the other tasks follow it without folds)")
     args = p.parse_args(common.argv_of(argv))
     settings = common.parse_settings(args.settings)
     if args.replay < 0:
         p.error(f"--replay {args.replay} is invalid: give a number of episodes to replay (or leave it out)")
-    if args.pooled and not args.replay:
+    if args.pooled is not None and not 2 <= (args.pooled or args.replay) <= args.replay:
+        p.error(f"--pooled {args.pooled} is invalid: pool over 2 to --replay {args.replay} support sets (or give no "
+                "number: all of them)")
+    if args.pooled is not None and not args.replay:
         p.error("--pooled replays a run's recipe behind a pooled verdict: give --replay N too (a run scores the "
                 "pooled row at K >= 2 by itself)")
     if args.guard_folds is not None and args.guard_folds < 2:
@@ -150,7 +156,7 @@ def cell(learner, args, n_way: int, k_shot: int, options: SetFitOptions) -> list
     user, tasks = metalearn.load(saved), sample_tasks(family, "test", args.episodes, args.seed)
     user_rows = {"recipe": _recipe_column(user, tasks, args.workers)}
     if k_shot >= 2:
-        user_rows["pooled"] = _recipe_column(user, tasks, args.workers, pooled=True)
+        user_rows["pooled"] = _recipe_column(user, tasks, args.workers, pooled=0)
     per.update({m: (r["accuracy"], r["seconds"]) for m, r in user_rows.items()})
     setfit = metalearn.evaluate({"protonet": learner}, family, baselines=["setfit"], steps=[0], lr_grid=None,
                                 episodes=args.setfit_episodes, seed=args.seed, workers=args.workers, setfit=options,
@@ -180,15 +186,21 @@ def _column(results, method: str, steps: int) -> tuple[list[float], list[float]]
     return [acc[i] for i in sorted(acc)], [secs[i] for i in sorted(secs)]
 
 
-def _recipe_column(learner, tasks, workers: int, pooled: bool = False) -> dict:
+def _recipe_column(learner, tasks, workers: int, pooled: Optional[int] = None) -> dict:
     """What a user gets: ``learner.adapt(support)`` (saved recipe, guard by default), scored on the query.
 
-    ``pooled``: behind one verdict pooled over all the tasks' support folds (``eval.guard.decide_gated``); each
-    task's seconds then include its own folds. Returns per-episode ``accuracy`` and ``seconds``, how many tasks
-    kept the frozen encoder (``kept_foundation``) and, pooled, the ``verdict``.
+    ``pooled`` (a number of tasks, 0: all): behind one verdict pooled over the support folds of the first that
+    many tasks (``eval.guard.decide_gated``); those tasks' seconds include their own folds, the others follow a
+    clear verdict without folds (an unclear one: each decides on its own folds). Returns per-episode
+    ``accuracy`` and ``seconds``, how many tasks kept the frozen encoder (``kept_foundation``) and, pooled, the
+    ``verdict``.
     """
-    choices, verdict = guard.decide_gated(learner, [t.support for t in tasks], workers=workers) if pooled else (
-        [None] * len(tasks), None)
+    choices, verdict = [None] * len(tasks), None
+    if pooled is not None:
+        m = pooled or len(tasks)
+        choices, verdict = guard.decide_gated(learner, [t.support for t in tasks[:m]], workers=workers)
+        rest = None if verdict["use"] == "per task" else {"use": verdict["use"], "gate": "family", "seconds": 0.0}
+        choices += [rest] * (len(tasks) - m)
 
     def one(job) -> tuple[float, float, str]:
         task, choice = job
@@ -202,7 +214,7 @@ def _recipe_column(learner, tasks, workers: int, pooled: bool = False) -> dict:
         done = list(forked_map(one, list(zip(tasks, choices)), workers))
     column = {"accuracy": [a for a, _, _ in done], "seconds": [s for _, s, _ in done],
               "kept_foundation": sum(u == "foundation" for _, _, u in done)}
-    return {**column, "verdict": verdict} if pooled else column
+    return {**column, "verdict": verdict} if pooled is not None else column
 
 
 def replay(args, settings, argv: list[str]) -> dict:
@@ -236,9 +248,9 @@ def replay(args, settings, argv: list[str]) -> dict:
                  "kept_foundation": kept, "seconds": float(np.mean(seconds))}
         print(f"{setting}: {check['same']}/{len(now)} episodes identical, replayed mean {check['replayed_mean']:.4f}, "
               f"saved {check['saved_mean']:.4f}; kept the frozen encoder on {kept}; {check['seconds']:.2f} s / episode")
-        if args.guard_folds is not None or args.pooled:  # another guard: paired with every method the run scored
+        if args.guard_folds is not None or args.pooled is not None:  # another guard: paired with every row
             check.update(guard_folds=args.guard_folds, pooled=args.pooled, minus={})
-            if args.pooled:
+            if args.pooled is not None:
                 check["verdict"] = result["verdict"]
                 print(f"  pooled verdict: {result['verdict']}")
             for r in run["rows"]:
@@ -247,7 +259,8 @@ def replay(args, settings, argv: list[str]) -> dict:
                     check["minus"][r["method"]] = metrics.paired_ci(now[:k], r["per_episode"][:k])
             print("  paired, replayed − " + ", ".join(f"{m} {common.mean_ci(*d)}" for m, d in check["minus"].items()))
         checks.append(check)
-    name = "replay" + ("_pooled" if args.pooled else "") + (
+    pooled = "" if args.pooled is None else "_pooled" + (f"_{args.pooled}" if args.pooled else "")
+    name = "replay" + pooled + (
         f"_guard_folds_{args.guard_folds}" if args.guard_folds is not None else "") + ".json"
     common.write_json(os.path.join(out, name), {"checks": checks, "argv": argv}, indent=1)
     return {"checks": checks}

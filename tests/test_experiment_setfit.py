@@ -74,12 +74,20 @@ def test_replay_pooled_applies_one_verdict_and_pairs_with_every_row(quick_run):
     rows = {r["method"]: r["per_episode"] for r in payload["rows"]}
     replayed = setfit_compare.main(["--settings", "5x2", "--replay", "4", "--pooled", "--output-dir", str(out)])
     check, = replayed["checks"]
-    assert check["pooled"] and check["verdict"]["tasks"] == 4 and set(check["minus"]) == set(setfit_compare.METHODS)
+    assert check["pooled"] == 0 and check["verdict"]["tasks"] == 4 and set(check["minus"]) == set(setfit_compare.METHODS)
     if check["verdict"]["use"] != "per task":
         assert check["kept_foundation"] == (4 if check["verdict"]["use"] == "foundation" else 0)
     mean = check["replayed_mean"]
     assert check["minus"]["prototypes"][0] == pytest.approx(mean - sum(rows["prototypes"][:4]) / 4)
     assert json.loads((out / "replay_pooled.json").read_text())["checks"] == json.loads(json.dumps([check]))
+    first = setfit_compare.main(["--settings", "5x2", "--replay", "4", "--pooled", "2", "--output-dir", str(out)])
+    check, = first["checks"]  # the verdict from the first 2 support sets; the other 2 follow it or decide alone
+    assert check["pooled"] == 2 and check["verdict"]["tasks"] == 2 and (out / "replay_pooled_2.json").is_file()
+    if check["verdict"]["use"] == "foundation":
+        assert check["kept_foundation"] == 4
+    for bad in ("1", "5"):  # at least 2, at most the replayed episodes
+        with pytest.raises(SystemExit):
+            setfit_compare.main(["--settings", "5x2", "--replay", "4", "--pooled", bad, "--output-dir", str(out)])
     with pytest.raises(SystemExit, match="is a run on 'clinc150', not --target 'hwu64'"):  # the run's target
         setfit_compare.main(["--target", "hwu64", "--settings", "5x2", "--replay", "4", "--output-dir", str(out)])
     with pytest.raises(SystemExit):  # --pooled belongs to a replay

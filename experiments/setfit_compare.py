@@ -88,12 +88,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     settings = common.parse_settings(args.settings)
     if args.replay < 0:
         p.error(f"--replay {args.replay} is invalid: give a number of episodes to replay (or leave it out)")
-    if args.pooled is not None and not 2 <= (args.pooled or args.replay) <= args.replay:
-        p.error(f"--pooled {args.pooled} is invalid: pool over 2 to --replay {args.replay} support sets (or give no "
-                "number: all of them)")
     if args.pooled is not None and not args.replay:
         p.error("--pooled replays a run's recipe behind a pooled verdict: give --replay N too (a run scores the "
                 "pooled row at K >= 2 by itself)")
+    if args.pooled is not None and not 2 <= (args.pooled or args.replay) <= args.replay:
+        p.error(f"--pooled {args.pooled} is invalid: pool over 2 to --replay {args.replay} support sets (or give no "
+                "number: all of them)")
     if args.guard_folds is not None and args.guard_folds < 2:
         p.error(f"--guard-folds {args.guard_folds} is invalid: give at least 2 folds (or leave it out for K)")
     args.output_dir = args.output_dir or os.path.join("runs", f"setfit_compare_{args.target or 'clinc150'}")
@@ -245,7 +245,7 @@ def replay(args, settings, argv: list[str]) -> dict:
         check = {"setting": setting, "episodes": len(now), "same": sum(a == b for a, b in zip(now, then)),
                  "max_abs_difference": max(abs(a - b) for a, b in zip(now, then)),
                  "replayed_mean": float(np.mean(now)), "saved_mean": float(np.mean(then)),
-                 "kept_foundation": kept, "seconds": float(np.mean(seconds))}
+                 "kept_foundation": kept, "seconds": float(np.mean(seconds)), "per_episode": now}
         print(f"{setting}: {check['same']}/{len(now)} episodes identical, replayed mean {check['replayed_mean']:.4f}, "
               f"saved {check['saved_mean']:.4f}; kept the frozen encoder on {kept}; {check['seconds']:.2f} s / episode")
         if args.guard_folds is not None or args.pooled is not None:  # another guard: paired with every row

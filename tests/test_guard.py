@@ -177,5 +177,6 @@ def test_gated_decisions_pool_the_tasks_folds_into_a_family_verdict(monkeypatch)
     choices, verdict = guard.decide_gated(learner, tasks, steps=1)
     assert verdict["use"] == "meta" and verdict["held_out_difference"] - verdict["ci95"] > 0
     assert [c["use"] for c in choices] == ["meta"] * 6 and choices[5]["gate"] == "family"
+    assert choices[5]["verdict"] == verdict  # each choice carries the verdict it follows
     assert verdict["held_out_difference"] - verdict["ci95"] < 0.2
     assert guard.decide_gated(learner, tasks, steps=1, margin=0.2)[1]["use"] == "per task"  # not beyond the margin

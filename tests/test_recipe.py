@@ -137,9 +137,13 @@ def test_a_verdict_pooled_over_a_users_support_sets_uses_the_recipe_and_goes_to_
     for support, choice in zip(supports, choices):
         adapted = learner.adapt(support, guard=choice)
         assert adapted.use == choice["use"] and adapted.decision["held_out_accuracy"] == choice["held_out_accuracy"]
-    pooled = learner.adapt(supports[0], guard={**choices[0], "use": "foundation", "gate": "family"})
+    own = {k: v for k, v in choices[0].items() if k != "verdict"}
+    pooled = learner.adapt(supports[0], guard={**own, "use": "foundation", "gate": "family"})
     assert pooled.use == "foundation" and "pooled over many tasks" in pooled.decision["why"]
-    adapted = learner.adapt(supports[0], guard={**choices[0], "use": "meta", "gate": "family"})
+    verdict = {"use": "foundation", "held_out_difference": -0.05, "ci95": 0.02, "tasks": 4}
+    pooled = learner.adapt(supports[0], guard={**own, "use": "foundation", "gate": "family", "verdict": verdict})
+    assert "pooled over 4 tasks: held-out accuracy adapted minus foundation -0.050 ± 0.020" in pooled.decision["why"]
+    adapted = learner.adapt(supports[0], guard={**own, "use": "meta", "gate": "family"})
     expected, _ = learner.adapt_params(learner.episode(Task(supports[0], supports[0], "classification")), 2, 3.0)
     assert all(torch.equal(adapted.params[n], expected[n]) for n in expected)  # the recipe's steps and step size
     with pytest.raises(ValueError, match="a decision needs use='meta' or 'foundation'"):

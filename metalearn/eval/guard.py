@@ -178,7 +178,7 @@ def decide_gated(learner: Learner, tasks: Sequence[Union[Task, Mapping[str, Any]
     use = "foundation" if mean <= margin else "meta" if mean - ci > margin else "per task"
     verdict = {"use": use, "held_out_difference": mean, "ci95": ci, "tasks": len(choices)}
     if use != "per task":
-        choices = [{**c, "use": use, "gate": "family"} for c in choices]
+        choices = [{**c, "use": use, "gate": "family", "verdict": verdict} for c in choices]
     return choices, verdict
 
 

@@ -148,6 +148,11 @@ def test_a_verdict_pooled_over_a_users_support_sets_uses_the_recipe_and_goes_to_
     assert all(torch.equal(adapted.params[n], expected[n]) for n in expected)  # the recipe's steps and step size
     with pytest.raises(ValueError, match="a decision needs use='meta' or 'foundation'"):
         learner.adapt(supports[0], guard={"use": "per task"})
+    with pytest.raises(ValueError, match="was given none"):
+        guard.decide_gated(learner, [])
+    one_shot = {"text": supports[0]["text"][::2], "label": supports[0]["label"][::2]}
+    with pytest.raises(ValueError, match="needs K >= 2"):  # nothing to hold out
+        guard.decide_gated(learner, [one_shot, one_shot])
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -165,6 +165,9 @@ def decide_gated(learner: Learner, tasks: Sequence[Union[Task, Mapping[str, Any]
     ``learner.adapt(support, guard=choice)``. ``steps``, ``scale``, ``folds`` and ``margin`` default to the
     learner's recipe (``tune_recipe``), the ones ``adapt`` uses.
     """
+    if not tasks:
+        raise ValueError("decide_gated pools the verdict over tasks' support folds and was given none: pass the "
+                         "support sets (or tasks) of the target's tasks")
     recipe = learner.recipe
     steps = steps if steps is not None else recipe.steps if recipe else learner.config.inner.steps
     scale = scale if scale is not None else recipe.scale if recipe else 1.0

@@ -147,10 +147,14 @@ def guard_decision(learner: Any, task: Task, guard: Union[bool, str, Mapping, No
         if guard.get("use") not in ("meta", "foundation"):
             raise ValueError(f"guard={dict(guard)!r} is invalid: a decision needs use='meta' or 'foundation' (as "
                              "eval.guard.decide_gated returns them)")
-        pooled = guard.get("verdict") or {}
-        gate = ("made for this task" if guard.get("gate") != "family" else "pooled over many tasks" if not pooled else
-                f"pooled over {pooled['tasks']} tasks: held-out accuracy adapted minus foundation "
-                f"{pooled['held_out_difference']:+.3f} ± {pooled['ci95']:.3f}")
+        verdict = guard.get("verdict")
+        if guard.get("gate") != "family":
+            gate = "made for this task"
+        elif verdict:
+            gate = (f"pooled over {verdict['tasks']} tasks: held-out accuracy adapted minus foundation "
+                    f"{verdict['held_out_difference']:+.3f} ± {verdict['ci95']:.3f}")
+        else:
+            gate = "pooled over many tasks"
         return {**guard, "why": f"a decision given to adapt ({gate})"}
     if guard in ("meta", "foundation"):
         return {"use": guard, "why": "a verdict given to adapt (guard=...)"}

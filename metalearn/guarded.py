@@ -22,7 +22,7 @@ from .tasks.folds import support_folds
 from .tasks.task import Task
 from .types import Params
 
-__all__ = ["AdaptedModel", "decide", "guard_decision"]
+__all__ = ["AdaptedModel", "decide", "guard_decision", "recipe_settings"]
 
 PREDICT_BATCH = 64
 """Texts per forward pass when an encoder classifies: batches of similar length (``functional.pooled``), so a
@@ -175,12 +175,25 @@ def guard_decision(learner: Any, task: Task, guard: Union[bool, str, Mapping, No
             raise ValueError(f"guard=True holds support examples out, which needs K >= 2 per class (this support "
                              f"has {k}); pass guard=False, or a verdict ('meta' or 'foundation')")
         return {"use": "meta", "why": "K = 1: no support example to hold out, so the guard cannot decide"}
-    recipe = learner.recipe
-    decision = decide(learner, task, steps=steps, scale=scale, folds=recipe.folds if recipe else None,
-                      margin=recipe.margin if recipe else 0.0)
+    settings = recipe_settings(learner, steps, scale)
+    decision = decide(learner, task, steps=settings["steps"], scale=settings["scale"], folds=settings["folds"],
+                      margin=settings["margin"])
     acc = decision["held_out_accuracy"]
     return {**decision, "why": f"held-out support accuracy: adapted {acc['meta']:.3f}, foundation "
                                f"{acc['foundation']:.3f} over {decision['folds']} fold(s)"}
+
+
+def recipe_settings(learner: Any, steps: Optional[int] = None, scale: Optional[float] = None,
+                    folds: Optional[int] = None, margin: Optional[float] = None) -> dict[str, Any]:
+    """The test-time settings ``Learner.adapt`` and its guard use: each one given, else the learner's recipe's
+    (``eval.tune_recipe``), else ``inner.steps`` steps at the meta-trained step sizes, K folds and margin 0."""
+    recipe = learner.recipe
+
+    def pick(given: Any, field: str, default: Any) -> Any:
+        return given if given is not None else getattr(recipe, field) if recipe else default
+
+    return {"steps": pick(steps, "steps", learner.config.inner.steps), "scale": pick(scale, "scale", 1.0),
+            "folds": pick(folds, "folds", None), "margin": pick(margin, "margin", 0.0)}
 
 
 def _scores(lg: torch.Tensor, true: torch.Tensor) -> dict[str, float]:

@@ -24,7 +24,7 @@ from . import card, files, quiet, saved
 from .attention_masks import vmappable_masks
 from .config import Recipe, RunConfig
 from .functional import feature_loss, outputs, prototype_head, prototypes, task_loss
-from .guarded import AdaptedModel, guard_decision
+from .guarded import AdaptedModel, guard_decision, recipe_settings
 from .inner import build as build_optimizer
 from .inner import initial_step_sizes, unroll
 from .inner.batched import unroll_batched
@@ -274,9 +274,8 @@ class Learner:
         """
         task = support if isinstance(support, Task) else Task(support, support, kind or self._default_kind(),
                                                               task_id="user")
-        recipe = self.recipe
-        steps = steps if steps is not None else recipe.steps if recipe else None
-        scale = scale if scale is not None else recipe.scale if recipe else 1.0
+        settings = recipe_settings(self, steps, scale)
+        steps, scale = settings["steps"], settings["scale"]
         with eval_mode(self.model):
             decision = guard_decision(self, task, guard, steps, scale)
             if decision["use"] == "foundation":

@@ -168,15 +168,11 @@ def decide_gated(learner: Learner, tasks: Sequence[Union[Task, Mapping[str, Any]
     if not tasks:
         raise ValueError("decide_gated pools the verdict over tasks' support folds and was given none: pass the "
                          "support sets (or tasks) of the target's tasks")
-    recipe = learner.recipe
-    steps = steps if steps is not None else recipe.steps if recipe else learner.config.inner.steps
-    scale = scale if scale is not None else recipe.scale if recipe else 1.0
-    folds = folds if folds is not None or recipe is None else recipe.folds
-    margin = margin if margin is not None else recipe.margin if recipe else 0.0
+    settings = guarded.recipe_settings(learner, steps, scale, folds, margin)
     tasks = [t if isinstance(t, Task) else Task(t, t, "classification", task_id=f"support {i}")
              for i, t in enumerate(tasks)]
-    choices = decide_tasks(learner, tasks, workers=workers, steps=steps, scale=scale, foundation=foundation,
-                           folds=folds, margin=margin)
+    choices = decide_tasks(learner, tasks, workers=workers, foundation=foundation, **settings)
+    margin = settings["margin"]
     mean, ci = mean_ci([c["held_out_accuracy"]["meta"] - c["held_out_accuracy"]["foundation"] for c in choices])
     use = "foundation" if mean <= margin else "meta" if mean - ci > margin else "per task"
     verdict = {"use": use, "held_out_difference": mean, "ci95": ci, "tasks": len(choices)}

@@ -19,6 +19,13 @@ def test_t_quantile_against_printed_table():  # Student's t, two-sided 95%: df 4
     assert [round(metrics.t95(n), 3) for n in (5, 30, 600)] == [2.776, 2.045, 1.964]
 
 
+def test_mean_ci_at_another_confidence_against_printed_table():  # two-sided 99%, df 2: t = 9.925
+    assert metrics.mean_ci([1.0, 2.0, 3.0], confidence=0.99)[1] == pytest.approx(9.925 / math.sqrt(3), rel=1e-3)
+    for bad in (0.0, 1.0, 95):
+        with pytest.raises(ValueError, match=f"confidence={bad!r}"):
+            metrics.mean_ci([1.0, 2.0], confidence=bad)
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.floats(-1e3, 1e3), min_size=2, max_size=50))
 def test_mean_ci_matches_numpy(values):

@@ -180,3 +180,75 @@ def test_gated_decisions_pool_the_tasks_folds_into_a_family_verdict(monkeypatch)
     assert choices[5]["verdict"] == verdict  # each choice carries the verdict it follows
     assert verdict["held_out_difference"] - verdict["ci95"] < 0.2
     assert guard.decide_gated(learner, tasks, steps=1, margin=0.2)[1]["use"] == "per task"  # not beyond the margin
+
+
+def test_a_target_gate_settles_its_verdict_online_and_then_skips_the_folds(monkeypatch):
+    from metalearn.tasks import Task
+
+    calls = []
+
+    def folds_say(differences):  # the n-th task's held-out difference, meta minus foundation
+        calls.clear()
+
+        def decide(learner, task, **kw):
+            calls.append(task.task_id)
+            d = differences[len(calls) - 1]
+            return {"use": "meta" if d > 0 else "foundation", "task_id": task.task_id,
+                    "held_out_accuracy": {"meta": 0.5 + d, "foundation": 0.5}}
+        monkeypatch.setattr(guard, "decide", decide)
+
+    learner, support = encoder_learner(), two_shot_task().support
+    folds_say([0.3, 0.2, 0.3, 0.25, 0.3, 0.2, 0.3, -0.05] + [0.0] * 8)  # clear at the first look (8 tasks)
+    gate = guard.TargetGate(learner, steps=1)
+    choices = [gate.choose(support) for _ in range(7)]
+    assert gate.verdict is None and [c["use"] for c in choices] == ["meta"] * 7  # each task on its own folds
+    eighth = gate.choose(support)
+    assert gate.verdict["use"] == "meta" and gate.verdict["tasks"] == 8 and eighth["gate"] == "family"
+    assert eighth["use"] == "meta" and eighth["verdict"]["confidence"] == pytest.approx(1 - 0.05 / 2)
+    rest = gate.choose_many([support] * 5)
+    assert len(calls) == 8 and [c["use"] for c in rest] == ["meta"] * 5  # no more folds
+    assert [c["seconds"] for c in rest] == [0.0] * 5 and rest[-1]["task_id"] == "support 12"
+    folds_say([0.3, -0.3] * 16)  # never clear: every task follows its own folds, looks at 8, 16 and 32 tasks
+    gate = guard.TargetGate(learner, steps=1)
+    choices = gate.choose_many([support] * 32)
+    assert gate.verdict is None and len(calls) == 32 and [c["use"] for c in choices] == ["meta", "foundation"] * 16
+    folds_say([-0.2, -0.3] * 4 + [-0.25] * 8)  # clearly worse: all keep the foundation from the first look on
+    batch = guard.TargetGate(learner, steps=1)
+    choices = batch.choose_many([support] * 12)
+    assert batch.verdict["use"] == "foundation" and [c["use"] for c in choices] == ["foundation"] * 12
+    assert len(calls) == 8 and "gate" not in choices[6] and choices[7]["gate"] == "family"
+    unclear_then_clear = [0.3] * 6 + [-0.4, -0.3] + [0.3] * 8  # unclear at 8 tasks, clear at 16 (level 1 - 0.05/4)
+    folds_say(unclear_then_clear)
+    one_by_one = guard.TargetGate(learner, steps=1)
+    single = [one_by_one.choose(support) for _ in range(20)]
+    folds_say(unclear_then_clear)
+    batched = guard.TargetGate(learner, steps=1, first_look=8)
+    together = batched.choose_many([support] * 20)
+    assert one_by_one.verdict == batched.verdict and one_by_one.verdict["tasks"] == 16 and len(calls) == 16
+    assert one_by_one.verdict["confidence"] == pytest.approx(1 - 0.05 / 4)
+    strip = lambda cs: [{k: v for k, v in c.items() if k != "seconds"} for c in cs]  # noqa: E731
+    assert strip(single) == strip(together)
+    assert [c["use"] for c in single[:8]] == ["meta"] * 6 + ["foundation"] * 2  # before the verdict: own folds
+    assert "gate" not in single[14] and all(c["gate"] == "family" and c["use"] == "meta" for c in single[15:])
+    for bad, match in [(dict(first_look=1), "first_look=1"), (dict(alpha=0.0), "alpha=0.0"),
+                       (dict(workers=0), "workers")]:
+        with pytest.raises(ValueError, match=match):
+            guard.TargetGate(learner, **bad)
+
+
+def test_a_target_gate_drives_adapt_on_a_real_learner():
+    learner = encoder_learner()
+    support = two_shot_task().support
+    gate = guard.TargetGate(learner, steps=1, first_look=2)
+    first = gate.choose(support)
+    assert gate.verdict is None and first["folds"] == 2 and first["seconds"] > 0
+    adapted = learner.adapt(support, guard=first, steps=1)
+    assert adapted.use == first["use"]
+    second = gate.choose(support)  # the same support twice: the same held-out difference, a zero-width interval
+    difference = first["held_out_accuracy"]["meta"] - first["held_out_accuracy"]["foundation"]
+    assert gate.verdict == {"use": "meta" if difference > 0 else "foundation", "held_out_difference": difference,
+                            "ci95": 0.0, "confidence": 0.975, "tasks": 2}
+    assert second["gate"] == "family" and second["held_out_accuracy"] == first["held_out_accuracy"]
+    adapted = learner.adapt(support, guard=second, steps=1)
+    assert adapted.use == gate.verdict["use"] and "pooled over 2 tasks" in adapted.decision["why"]
+    assert gate.choose(support)["seconds"] == 0.0  # settled: no folds

@@ -38,8 +38,8 @@ from .metrics import HIGHER_IS_BETTER, mean_ci
 from .results import EvalResults, paired_differences, summarize
 from .workers import check_workers, forked_map
 
-__all__ = ["ValidationView", "check_held_out", "choose", "combine", "decide", "decide_gated", "decide_tasks",
-           "support_folds"]
+__all__ = ["TargetGate", "ValidationView", "check_held_out", "choose", "combine", "decide", "decide_gated",
+           "decide_tasks", "support_folds"]
 
 
 class ValidationView:
@@ -169,8 +169,7 @@ def decide_gated(learner: Learner, tasks: Sequence[Union[Task, Mapping[str, Any]
         raise ValueError("decide_gated pools the verdict over tasks' support folds and was given none: pass the "
                          "support sets (or tasks) of the target's tasks")
     settings = guarded.recipe_settings(learner, steps, scale, folds, margin)
-    tasks = [t if isinstance(t, Task) else Task(t, t, "classification", task_id=f"support {i}")
-             for i, t in enumerate(tasks)]
+    tasks = _as_tasks(tasks)
     choices = decide_tasks(learner, tasks, workers=workers, foundation=foundation, **settings)
     margin = settings["margin"]
     mean, ci = mean_ci([c["held_out_accuracy"]["meta"] - c["held_out_accuracy"]["foundation"] for c in choices])
@@ -179,6 +178,94 @@ def decide_gated(learner: Learner, tasks: Sequence[Union[Task, Mapping[str, Any]
     if use != "per task":
         choices = [{**c, "use": use, "gate": "family", "verdict": verdict} for c in choices]
     return choices, verdict
+
+
+class TargetGate:
+    """The guard's verdict for one target, settled online as the target's tasks arrive.
+
+    :func:`decide_gated` pools the tasks a user has at hand, once. A gate takes them as they come: each
+    task decides on its own support folds (``adapt``'s per-task guard) and adds its held-out difference,
+    adapted minus foundation, to the pool. After ``first_look`` tasks, and again each time their number
+    doubles (8, 16, 32, ...), the pooled difference is tested; look j uses the level
+    ``1 - alpha / 2 ** (j + 1)``, so that however many looks are taken, the chance of a wrong verdict stays
+    below ``alpha`` (Bonferroni over the looks). Once the interval lies above ``margin`` every later task
+    adapts, and once it lies at or below it every later task keeps the foundation, without folds: one
+    adaptation per task instead of one per fold plus one. Until then each task follows its own folds (the
+    task whose folds settle the verdict follows the verdict). Only support sets are read.
+
+        gate = guard.TargetGate(learner)            # the recipe's steps, step size, folds and margin
+        for support in stream:                      # {"text": [...], "label": [...]} per task
+            adapted = learner.adapt(support, guard=gate.choose(support))
+        gate.verdict                                # None while unsettled
+
+    ``choose_many(supports)`` decides a batch in order, the same choices as one at a time; with ``workers`` the
+    tasks up to each look share forked processes.
+    """
+
+    def __init__(self, learner: Learner, *, foundation: str = "zero_shot", steps: Optional[int] = None,
+                 scale: Optional[float] = None, folds: Optional[int] = None, margin: Optional[float] = None,
+                 first_look: int = 8, alpha: float = 0.05, workers: int = 1):
+        if first_look < 2:
+            raise ValueError(f"first_look={first_look!r} is invalid: the pooled interval needs at least 2 tasks")
+        if not 0 < alpha < 1:
+            raise ValueError(f"alpha={alpha!r} is invalid: give the chance of a wrong verdict, e.g. 0.05")
+        check_workers(workers)
+        self.learner, self.foundation, self.workers = learner, foundation, workers
+        self.settings = guarded.recipe_settings(learner, steps, scale, folds, margin)
+        self.first_look, self.alpha = first_look, alpha
+        self.seen = 0
+        self.differences: list[float] = []
+        self.verdict: Optional[dict[str, Any]] = None
+
+    def choose(self, support: Union[Task, Mapping[str, Any]]) -> dict[str, Any]:
+        """The choice for one task, for ``learner.adapt(support, guard=choice)``; it may settle the verdict."""
+        return self.choose_many([support])[0]
+
+    def choose_many(self, supports: Sequence[Union[Task, Mapping[str, Any]]]) -> list[dict[str, Any]]:
+        """The choices for tasks in arrival order; each records the wall ``seconds`` of its folds (0 without)."""
+        tasks = _as_tasks(supports, offset=self.seen)
+        self.seen += len(tasks)
+        choices: list[dict[str, Any]] = []
+        while len(choices) < len(tasks):
+            if self.verdict is not None:
+                follow = {"use": self.verdict["use"], "gate": "family", "verdict": self.verdict, "seconds": 0.0}
+                choices += [{**follow, "task_id": t.task_id} for t in tasks[len(choices):]]
+                break
+            look_at = self._next_look()
+            batch = tasks[len(choices):len(choices) + look_at - len(self.differences)]
+            decided = decide_tasks(self.learner, batch, workers=self.workers, foundation=self.foundation,
+                                   **self.settings)
+            self.differences += [c["held_out_accuracy"]["meta"] - c["held_out_accuracy"]["foundation"]
+                                 for c in decided]
+            if len(self.differences) == look_at and self._look():  # the task that settles it follows it
+                decided[-1] = {**decided[-1], "use": self.verdict["use"], "gate": "family", "verdict": self.verdict}
+            choices += decided
+        return choices
+
+    def _next_look(self) -> int:
+        """The number of tasks at the next look: ``first_look`` times a power of 2, more than have been pooled."""
+        n = self.first_look
+        while n <= len(self.differences):
+            n *= 2
+        return n
+
+    def _look(self) -> bool:
+        """Test the pooled difference at this look's level; settle the verdict if its interval clears the margin."""
+        look = (len(self.differences) // self.first_look).bit_length() - 1
+        confidence = 1 - self.alpha / 2 ** (look + 1)
+        mean, ci = mean_ci(self.differences, confidence)
+        margin = self.settings["margin"]
+        use = "meta" if mean - ci > margin else "foundation" if mean + ci <= margin else None
+        if use is not None:
+            self.verdict = {"use": use, "held_out_difference": mean, "ci95": ci, "confidence": confidence,
+                            "tasks": len(self.differences)}
+        return use is not None
+
+
+def _as_tasks(tasks: Sequence[Union[Task, Mapping[str, Any]]], offset: int = 0) -> list[Task]:
+    """Tasks as given, and support sets (mappings) as tasks whose query is their support (never read)."""
+    return [t if isinstance(t, Task) else Task(t, t, "classification", task_id=f"support {offset + i}")
+            for i, t in enumerate(tasks)]
 
 
 def combine(results: EvalResults, meta: str, foundation: str, steps: int, choices: Sequence[dict],

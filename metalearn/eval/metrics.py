@@ -26,13 +26,17 @@ PRIMARY = {"classification": "accuracy", "generation": "exact_match", "regressio
 
 def t95(n: int) -> float:
     """The two-sided 95% quantile of Student's t with ``n - 1`` degrees of freedom (1.964 at n = 600; 2.776 at 5)."""
+    return _t_quantile(n, 0.95)
+
+
+def _t_quantile(n: int, confidence: float) -> float:
     from scipy.stats import t
 
-    return float(t.ppf(0.975, n - 1))
+    return float(t.ppf((1 + confidence) / 2, n - 1))
 
 
-def mean_ci(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and half-width of its 95% confidence interval: ``t95(n) * std / sqrt(n)``.
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and half-width of its 95% confidence interval: ``t95(n) * std / sqrt(n)`` (or at ``confidence``).
 
     ``std`` is the sample standard deviation (ddof=1). With 600 episodes the t quantile is 1.964, the
     1.96 of the few-shot literature's normal approximation; with 5 seeds (the full-label protocol) it is
@@ -42,12 +46,14 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
         >>> mean_ci([1.0, 2.0, 3.0])  # std = 1, t95(3) = 4.303
         (2.0, 2.4841377...)
     """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence={confidence!r} is invalid: give a level between 0 and 1, e.g. 0.95")
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
         return math.nan, math.nan
     if x.size == 1:
         return float(x[0]), math.nan
-    return float(x.mean()), float(t95(x.size) * x.std(ddof=1) / math.sqrt(x.size))
+    return float(x.mean()), float(_t_quantile(x.size, confidence) * x.std(ddof=1) / math.sqrt(x.size))
 
 
 def paired_ci(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:

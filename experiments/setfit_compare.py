@@ -32,8 +32,9 @@ first N test episodes of each setting, compared episode by episode with ``result
 With ``--guard-folds F`` it replays the saved recipe guarded by F support folds instead, and with ``--pooled``
 behind a verdict pooled over the N support sets; ``--pooled M`` decides the verdict on the first M of them
 only, once for the target, and the rest follow it without folds (or decide on their own folds when it is
-unclear). Each is paired with every row of the run (``replay_guard_folds_F.json``, ``replay_pooled.json``,
-``replay_pooled_M.json``).
+unclear); ``--online`` settles it as the tasks arrive (``eval.guard.TargetGate``). Each is paired with every row
+of the run, on the episodes both have (``replay_guard_folds_F.json``, ``replay_pooled.json``,
+``replay_pooled_M.json``, ``replay_online.json``); these may replay more episodes than the run scored.
 """
 from __future__ import annotations
 
@@ -84,6 +85,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     p.add_argument("--pooled", type=int, nargs="?", const=0, default=None, metavar="M",
                    help="with --replay: the saved recipe behind a verdict pooled over the N support sets' folds (M: "
                    "over the first M only; the other tasks follow it without folds)")
+    p.add_argument("--online", action="store_true",
+                   help="with --replay: the saved recipe behind a verdict settled online as the tasks arrive "
+                   "(eval.guard.TargetGate: looks at 8, 16, 32, ... tasks; after it settles, no folds)")
     args = p.parse_args(common.argv_of(argv))
     settings = common.parse_settings(args.settings)
     if args.replay < 0:
@@ -91,6 +95,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if args.pooled is not None and not args.replay:
         p.error("--pooled replays a run's recipe behind a pooled verdict: give --replay N too (a run scores the "
                 "pooled row at K >= 2 by itself)")
+    if args.online and (not args.replay or args.pooled is not None):
+        p.error("--online replays a run's recipe behind a verdict settled as the tasks arrive: give --replay N, "
+                "and not --pooled (one or the other)")
     if args.pooled is not None and not 2 <= (args.pooled or args.replay) <= args.replay:
         p.error(f"--pooled {args.pooled} is invalid: pool over 2 to --replay {args.replay} support sets (or give no "
                 "number: all of them)")
@@ -186,14 +193,15 @@ def _column(results, method: str, steps: int) -> tuple[list[float], list[float]]
     return [acc[i] for i in sorted(acc)], [secs[i] for i in sorted(secs)]
 
 
-def _recipe_column(learner, tasks, workers: int, pooled: Optional[int] = None) -> dict:
+def _recipe_column(learner, tasks, workers: int, pooled: Optional[int] = None, online: bool = False) -> dict:
     """What a user gets: ``learner.adapt(support)`` (saved recipe, guard by default), scored on the query.
 
     ``pooled`` (a number of tasks, 0: all): behind one verdict pooled over the support folds of the first that
     many tasks (``eval.guard.decide_gated``); those tasks' seconds include their own folds, the others follow a
-    clear verdict without folds (an unclear one: each decides on its own folds). Returns per-episode
-    ``accuracy`` and ``seconds``, how many tasks kept the frozen encoder (``kept_foundation``) and, pooled, the
-    ``verdict``.
+    clear verdict without folds (an unclear one: each decides on its own folds). ``online``: behind an
+    ``eval.guard.TargetGate`` (the tasks in order: folds until its verdict settles, none after). Returns
+    per-episode ``accuracy`` and ``seconds``, how many tasks kept the frozen encoder (``kept_foundation``) and,
+    pooled or online, the ``verdict``.
     """
     choices, verdict = [None] * len(tasks), None
     if pooled is not None:
@@ -202,6 +210,9 @@ def _recipe_column(learner, tasks, workers: int, pooled: Optional[int] = None) -
         rest = None if verdict["use"] == "per task" else {"use": verdict["use"], "gate": "family", "verdict": verdict,
                                                           "seconds": 0.0}
         choices += [rest] * (len(tasks) - m)
+    if online:
+        gate = guard.TargetGate(learner, workers=workers)
+        choices, verdict = gate.choose_many([t.support for t in tasks]), gate.verdict
 
     def one(job) -> tuple[float, float, str]:
         task, choice = job
@@ -215,7 +226,7 @@ def _recipe_column(learner, tasks, workers: int, pooled: Optional[int] = None) -
         done = list(forked_map(one, list(zip(tasks, choices)), workers))
     column = {"accuracy": [a for a, _, _ in done], "seconds": [s for _, s, _ in done],
               "kept_foundation": sum(u == "foundation" for _, _, u in done)}
-    return {**column, "verdict": verdict} if pooled is not None else column
+    return {**column, "verdict": verdict} if pooled is not None or online else column
 
 
 def replay(args, settings, argv: list[str]) -> dict:
@@ -234,13 +245,15 @@ def replay(args, settings, argv: list[str]) -> dict:
     checks = []
     for n_way, k_shot in settings:
         setting = f"{n_way}-way {k_shot}-shot"
-        if setting not in saved or args.replay > len(saved[setting]["per_episode"]):
-            raise SystemExit(f"--replay {args.replay}: {path} has no {setting} recipe row with that many episodes")
+        other_guard = args.guard_folds is not None or args.pooled is not None or args.online
+        if setting not in saved or args.replay > len(saved[setting]["per_episode"]) and not other_guard:
+            raise SystemExit(f"--replay {args.replay}: {path} has no {setting} recipe row with that many episodes "
+                             "(another guard, --pooled or --online, may replay more: paired on the run's)")
         learner = metalearn.load(os.path.join(out, f"{n_way}x{k_shot}", "learner"))
         if args.guard_folds is not None:
             learner.recipe = dataclasses.replace(learner.recipe, folds=args.guard_folds)
         tasks = sample_tasks(target(args, n_way=n_way, k_shot=k_shot, q_query=5), "test", args.replay, args.seed)
-        result = _recipe_column(learner, tasks, args.workers, pooled=args.pooled)
+        result = _recipe_column(learner, tasks, args.workers, pooled=args.pooled, online=args.online)
         now, seconds, kept = result["accuracy"], result["seconds"], result["kept_foundation"]
         then = saved[setting]["per_episode"][:args.replay]
         check = {"setting": setting, "episodes": len(now), "same": sum(a == b for a, b in zip(now, then)),
@@ -249,11 +262,11 @@ def replay(args, settings, argv: list[str]) -> dict:
                  "kept_foundation": kept, "seconds": float(np.mean(seconds)), "per_episode": now}
         print(f"{setting}: {check['same']}/{len(now)} episodes identical, replayed mean {check['replayed_mean']:.4f}, "
               f"saved {check['saved_mean']:.4f}; kept the frozen encoder on {kept}; {check['seconds']:.2f} s / episode")
-        if args.guard_folds is not None or args.pooled is not None:  # another guard: paired with every row
-            check.update(guard_folds=args.guard_folds, pooled=args.pooled, minus={})
-            if args.pooled is not None:
+        if other_guard:  # paired with every row, on the episodes both have
+            check.update(guard_folds=args.guard_folds, pooled=args.pooled, online=args.online, minus={})
+            if "verdict" in result:
                 check["verdict"] = result["verdict"]
-                print(f"  pooled verdict: {result['verdict']}")
+                print(f"  {'online' if args.online else 'pooled'} verdict: {result['verdict']}")
             for r in run["rows"]:
                 if r["setting"] == setting:
                     k = min(len(now), len(r["per_episode"]))
@@ -261,7 +274,7 @@ def replay(args, settings, argv: list[str]) -> dict:
             print("  paired, replayed − " + ", ".join(f"{m} {common.mean_ci(*d)}" for m, d in check["minus"].items()))
         checks.append(check)
     pooled = "" if args.pooled is None else "_pooled" + (f"_{args.pooled}" if args.pooled else "")
-    name = "replay" + pooled + (
+    name = "replay" + pooled + ("_online" if args.online else "") + (
         f"_guard_folds_{args.guard_folds}" if args.guard_folds is not None else "") + ".json"
     common.write_json(os.path.join(out, name), {"checks": checks, "argv": argv}, indent=1)
     return {"checks": checks}

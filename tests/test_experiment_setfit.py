@@ -94,6 +94,24 @@ def test_replay_pooled_applies_one_verdict_and_pairs_with_every_row(quick_run):
         setfit_compare.main(["--settings", "5x2", "--pooled", "--output-dir", str(out / "other")])
 
 
+def test_replay_online_settles_the_verdict_as_tasks_arrive_and_may_replay_more_episodes(quick_run):
+    out, payload = quick_run
+    rows = {r["method"]: r["per_episode"] for r in payload["rows"]}
+    replayed = setfit_compare.main(["--settings", "5x2", "--replay", "8", "--online", "--output-dir", str(out)])
+    check, = replayed["checks"]  # 8 tasks where the run scored 6: paired on those 6, one look at 8 tasks
+    assert check["online"] is True and check["episodes"] == 8 and len(check["per_episode"]) == 8
+    verdict = check["verdict"]
+    assert verdict is None or verdict["tasks"] == 8 and verdict["use"] in ("meta", "foundation")
+    mine = check["per_episode"][:6]
+    assert check["minus"]["prototypes"][0] == pytest.approx((sum(mine) - sum(rows["prototypes"])) / 6)
+    assert json.loads((out / "replay_online.json").read_text())["checks"] == json.loads(json.dumps([check]))
+    with pytest.raises(SystemExit, match="no 5-way 2-shot recipe row with that many episodes"):
+        setfit_compare.main(["--settings", "5x2", "--replay", "8", "--output-dir", str(out)])  # the plain check
+    for argv in (["--online"], ["--replay", "4", "--online", "--pooled"]):  # a replay; one of the two
+        with pytest.raises(SystemExit):
+            setfit_compare.main(["--settings", "5x2", *argv, "--output-dir", str(out)])
+
+
 def test_replay_without_an_earlier_run_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="does not exist; run setfit_compare"):
         setfit_compare.main(["--replay", "4", "--output-dir", str(tmp_path / "none")])

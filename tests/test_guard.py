@@ -226,6 +226,7 @@ def test_a_target_gate_settles_its_verdict_online_and_then_skips_the_folds(monke
     together = batched.choose_many([support] * 20)
     assert one_by_one.verdict == batched.verdict and one_by_one.verdict["tasks"] == 16 and len(calls) == 16
     assert one_by_one.verdict["confidence"] == pytest.approx(1 - 0.05 / 4)
+    assert one_by_one.verdict["half_width"] > one_by_one.verdict["ci95"]  # wider than 95%: the price of 2 looks
     strip = lambda cs: [{k: v for k, v in c.items() if k != "seconds"} for c in cs]  # noqa: E731
     assert strip(single) == strip(together)
     assert [c["use"] for c in single[:8]] == ["meta"] * 6 + ["foundation"] * 2  # before the verdict: own folds
@@ -247,7 +248,7 @@ def test_a_target_gate_drives_adapt_on_a_real_learner():
     second = gate.choose(support)  # the same support twice: the same held-out difference, a zero-width interval
     difference = first["held_out_accuracy"]["meta"] - first["held_out_accuracy"]["foundation"]
     assert gate.verdict == {"use": "meta" if difference > 0 else "foundation", "held_out_difference": difference,
-                            "ci95": 0.0, "confidence": 0.975, "tasks": 2}
+                            "ci95": 0.0, "confidence": 0.975, "half_width": 0.0, "tasks": 2}
     assert second["gate"] == "family" and second["held_out_accuracy"] == first["held_out_accuracy"]
     adapted = learner.adapt(support, guard=second, steps=1)
     assert adapted.use == gate.verdict["use"] and "pooled over 2 tasks" in adapted.decision["why"]

@@ -186,7 +186,7 @@ class TargetGate:
     :func:`decide_gated` pools the tasks a user has at hand, once. A gate takes them as they come: each
     task decides on its own support folds (``adapt``'s per-task guard) and adds its held-out difference,
     adapted minus foundation, to the pool. After ``first_look`` tasks, and again each time their number
-    doubles (8, 16, 32, ...), the pooled difference is tested; look j uses the level
+    doubles (by default 8, 16, 32, ...), the pooled difference is tested; look j uses the level
     ``1 - alpha / 2 ** (j + 1)``, so that however many looks are taken, the chance of a wrong verdict stays
     below ``alpha`` (Bonferroni over the looks). Once the interval lies above ``margin`` every later task
     adapts, and once it lies at or below it every later task keeps the foundation, without folds: one
@@ -256,9 +256,9 @@ class TargetGate:
         mean, ci = mean_ci(self.differences, confidence)
         margin = self.settings["margin"]
         use = "meta" if mean - ci > margin else "foundation" if mean + ci <= margin else None
-        if use is not None:
-            self.verdict = {"use": use, "held_out_difference": mean, "ci95": ci, "confidence": confidence,
-                            "tasks": len(self.differences)}
+        if use is not None:  # its 95% interval too, as decide_gated's verdicts have
+            self.verdict = {"use": use, "held_out_difference": mean, "ci95": mean_ci(self.differences)[1],
+                            "confidence": confidence, "half_width": ci, "tasks": len(self.differences)}
         return use is not None
 
 

@@ -51,7 +51,7 @@ from metalearn.pretrain import table_accuracy
 from metalearn.tasks import load
 
 METHODS = ("maml", "fomaml", "reptile", "multitask")
-BUDGETS = dict(pretrain_steps=(800, 3000), meta_steps=(60, 300), episodes=(8, 100), val_episodes=(2, 8))
+BUDGETS = dict(pretrain_steps=(1200, 3000), meta_steps=(60, 300), episodes=(8, 100), val_episodes=(2, 8))
 STEPS = ("0,5,10", "0,1,2,5,10")
 """Inner step counts scored: (--quick, full)."""
 

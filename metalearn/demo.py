@@ -36,7 +36,7 @@ log = logging.getLogger("metalearn")
 BUDGETS = {
     "full": {"sin_meta_steps": 1500, "sin_episodes": 300, "sin_val": 16, "base_steps": 3000, "llm_meta_steps": 300,
              "llm_episodes": 20, "llm_val": 4, "llm_steps": [0, 1, 5, 10]},
-    "quick": {"sin_meta_steps": 20, "sin_episodes": 8, "sin_val": 2, "base_steps": 800, "llm_meta_steps": 60,
+    "quick": {"sin_meta_steps": 20, "sin_episodes": 8, "sin_val": 2, "base_steps": 1200, "llm_meta_steps": 60,
               "llm_episodes": 4, "llm_val": 1, "llm_steps": [0, 10]},
 }
 FIT = dict(method="maml", quantization="nf4", lora_r=4, target_modules=["q_proj", "v_proj"], prompt_tokens=6,

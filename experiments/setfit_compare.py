@@ -207,8 +207,7 @@ def _recipe_column(learner, tasks, workers: int, pooled: Optional[int] = None, o
     if pooled is not None:
         m = pooled or len(tasks)
         choices, verdict = guard.decide_gated(learner, [t.support for t in tasks[:m]], workers=workers)
-        rest = None if verdict["use"] == "per task" else {"use": verdict["use"], "gate": "family", "verdict": verdict,
-                                                          "seconds": 0.0}
+        rest = None if verdict["use"] == "per task" else guard.follow(verdict, {"seconds": 0.0})
         choices += [rest] * (len(tasks) - m)
     if online:
         gate = guard.TargetGate(learner, workers=workers)

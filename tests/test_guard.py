@@ -182,6 +182,17 @@ def test_gated_decisions_pool_the_tasks_folds_into_a_family_verdict(monkeypatch)
     assert guard.decide_gated(learner, tasks, steps=1, margin=0.2)[1]["use"] == "per task"  # not beyond the margin
 
 
+def test_a_choice_that_follows_a_verdict_keeps_the_tasks_own_scores():
+    verdict = {"use": "foundation", "held_out_difference": -0.1, "ci95": 0.05, "tasks": 40}
+    own = {"use": "meta", "task_id": "t3", "held_out_accuracy": {"meta": 0.9, "foundation": 0.8}}
+    choice = guard.follow(verdict, own)
+    assert choice["use"] == "foundation" and choice["gate"] == "family" and choice["verdict"] == verdict
+    assert choice["held_out_accuracy"] == own["held_out_accuracy"] and own["use"] == "meta"  # the task's own: untouched
+    verdict["use"] = "meta"  # a later change to the caller's dict does not rewrite a choice already made
+    assert choice["verdict"]["use"] == "foundation"
+    assert guard.follow(verdict) == {"use": "meta", "gate": "family", "verdict": verdict}  # a task without folds
+
+
 def test_a_target_gate_settles_its_verdict_online_and_then_skips_the_folds(monkeypatch):
     from metalearn.tasks import Task
 

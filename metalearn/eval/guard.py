@@ -39,7 +39,7 @@ from .results import EvalResults, paired_differences, summarize
 from .workers import check_workers, forked_map
 
 __all__ = ["TargetGate", "ValidationView", "check_held_out", "choose", "combine", "decide", "decide_gated",
-           "decide_tasks", "support_folds"]
+           "decide_tasks", "follow", "support_folds"]
 
 
 class ValidationView:
@@ -176,8 +176,17 @@ def decide_gated(learner: Learner, tasks: Sequence[Union[Task, Mapping[str, Any]
     use = "foundation" if mean <= margin else "meta" if mean - ci > margin else "per task"
     verdict = {"use": use, "held_out_difference": mean, "ci95": ci, "tasks": len(choices)}
     if use != "per task":
-        choices = [{**c, "use": use, "gate": "family", "verdict": verdict} for c in choices]
+        choices = [follow(verdict, c) for c in choices]
     return choices, verdict
+
+
+def follow(verdict: Mapping[str, Any], choice: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """A task's choice that follows a settled family ``verdict`` (its ``"use"``), for ``adapt(guard=...)``.
+
+    ``choice``: the task's own decision, whose held-out scores are kept beside the verdict (None: a task that
+    had no folds).
+    """
+    return {**(choice or {}), "use": verdict["use"], "gate": "family", "verdict": dict(verdict)}
 
 
 class TargetGate:
@@ -228,8 +237,8 @@ class TargetGate:
         choices: list[dict[str, Any]] = []
         while len(choices) < len(tasks):
             if self.verdict is not None:
-                follow = {"use": self.verdict["use"], "gate": "family", "verdict": self.verdict, "seconds": 0.0}
-                choices += [{**follow, "task_id": t.task_id} for t in tasks[len(choices):]]
+                choices += [follow(self.verdict, {"task_id": t.task_id, "seconds": 0.0})
+                            for t in tasks[len(choices):]]
                 break
             look_at = self._next_look()
             batch = tasks[len(choices):len(choices) + look_at - len(self.differences)]
@@ -238,7 +247,7 @@ class TargetGate:
             self.differences += [c["held_out_accuracy"]["meta"] - c["held_out_accuracy"]["foundation"]
                                  for c in decided]
             if len(self.differences) == look_at and self._look():  # the task that settles it follows it
-                decided[-1] = {**decided[-1], "use": self.verdict["use"], "gate": "family", "verdict": self.verdict}
+                decided[-1] = follow(self.verdict, decided[-1])
             choices += decided
         return choices
 

@@ -194,7 +194,6 @@ def test_a_choice_that_follows_a_verdict_keeps_the_tasks_own_scores():
 
 
 def test_a_target_gate_settles_its_verdict_online_and_then_skips_the_folds(monkeypatch):
-    from metalearn.tasks import Task
 
     calls = []
 

@@ -29,12 +29,13 @@ episodes). Seconds are wall seconds per episode to adapt and score.
 ``--replay N`` checks an earlier run's recipe row the way a user would get it: in this fresh process, one task
 at a time, no harness around it, ``metalearn.load(<setting>/learner).adapt(support).predict(query)`` on the
 first N test episodes of each setting, compared episode by episode with ``results.json`` (``replay.json``).
-With ``--guard-folds F`` it replays the saved recipe guarded by F support folds instead, and with ``--pooled``
+With ``--guard-folds F`` it replays the saved recipe guarded by F support folds instead (``--guard-steps S``:
+each fold adapting S steps; 0 scores the unadapted init on them), and with ``--pooled``
 behind a verdict pooled over the N support sets; ``--pooled M`` decides the verdict on the first M of them
 only, once for the target, and the rest follow it without folds (or decide on their own folds when it is
 unclear); ``--online`` settles it as the tasks arrive (``eval.guard.TargetGate``). Each is paired with every row
 of the run, on the episodes both have (``replay_guard_folds_F.json``, ``replay_pooled.json``,
-``replay_pooled_M.json``, ``replay_online.json``); these may replay more episodes than the run scored.
+``replay_pooled_M.json``, ``replay_online.json``, ``replay_guard_steps_S.json``); these may replay more episodes than the run scored.
 """
 from __future__ import annotations
 
@@ -73,6 +74,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     p.add_argument("--guard-folds", type=int, default=None,
                    help="support folds of the recipe's guard at K >= 2 (default: K, leave one shot out); each fold "
                    "costs one more adaptation")
+    p.add_argument("--guard-steps", type=int, default=None,
+                   help="inner steps of each guard fold (default: the recipe's steps; 0: the folds score the "
+                   "meta-learned init unadapted, one forward of the support set for all of them)")
     p.add_argument("--step-tolerance", type=float, default=0.0,
                    help="the recipe takes the fewest steps whose validation accuracy is within this of the best "
                    "(0: the best; 0.02: two points, a tenth of the time where 1 step is as good as 10)")
@@ -81,7 +85,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                    help="SetFit's num_iterations (default: SetFit's own sampling, as practitioners get it)")
     p.add_argument("--replay", type=int, default=0, metavar="N",
                    help="replay the recipe row of the run in --output-dir on its first N episodes, as a user would "
-                   "(with --guard-folds: the saved recipe with that many guard folds, paired with the run's rows)")
+                   "(with --guard-folds or --guard-steps: the saved recipe with that guard, paired with the run's "
+                   "rows)")
     p.add_argument("--pooled", type=int, nargs="?", const=0, default=None, metavar="M",
                    help="with --replay: the saved recipe behind a verdict pooled over the N support sets' folds (M: "
                    "over the first M only; the other tasks follow it without folds)")
@@ -103,6 +108,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                 "number: all of them)")
     if args.guard_folds is not None and args.guard_folds < 2:
         p.error(f"--guard-folds {args.guard_folds} is invalid: give at least 2 folds (or leave it out for K)")
+    if args.guard_steps is not None and args.guard_steps < 0:
+        p.error(f"--guard-steps {args.guard_steps} is invalid: give a number of steps >= 0 (or leave it out)")
     args.output_dir = args.output_dir or os.path.join("runs", f"setfit_compare_{args.target or 'clinc150'}")
     if args.replay:
         return replay(args, settings, common.argv_of(argv))
@@ -152,6 +159,7 @@ def cell(learner, args, n_way: int, k_shot: int, options: SetFitOptions) -> list
     family = target(args, n_way=n_way, k_shot=k_shot, q_query=5)
     recipe = metalearn.tune_recipe(learner, family, lr_grid=args.lr_grid, val_episodes=args.val_episodes,
                                    seed=args.seed + 1, folds=args.guard_folds, tolerance=args.step_tolerance,
+                                   guard_steps=args.guard_steps,
                                    workers=args.workers)
     saved = os.path.join(args.output_dir, f"{n_way}x{k_shot}", "learner")
     learner.save(saved)  # with its recipe: the recipe row is what load(saved).adapt(support) does
@@ -244,13 +252,16 @@ def replay(args, settings, argv: list[str]) -> dict:
     checks = []
     for n_way, k_shot in settings:
         setting = f"{n_way}-way {k_shot}-shot"
-        other_guard = args.guard_folds is not None or args.pooled is not None or args.online
+        other_guard = (args.guard_folds is not None or args.guard_steps is not None or args.pooled is not None
+                       or args.online)
         if setting not in saved or args.replay > len(saved[setting]["per_episode"]) and not other_guard:
             raise SystemExit(f"--replay {args.replay}: {path} has no {setting} recipe row with that many episodes "
                              "(another guard, --pooled or --online, may replay more: paired on the run's)")
         learner = metalearn.load(os.path.join(out, f"{n_way}x{k_shot}", "learner"))
         if args.guard_folds is not None:
             learner.recipe = dataclasses.replace(learner.recipe, folds=args.guard_folds)
+        if args.guard_steps is not None:
+            learner.recipe = dataclasses.replace(learner.recipe, guard_steps=args.guard_steps)
         tasks = sample_tasks(target(args, n_way=n_way, k_shot=k_shot, q_query=5), "test", args.replay, args.seed)
         result = _recipe_column(learner, tasks, args.workers, pooled=args.pooled, online=args.online)
         now, seconds, kept = result["accuracy"], result["seconds"], result["kept_foundation"]
@@ -262,7 +273,8 @@ def replay(args, settings, argv: list[str]) -> dict:
         print(f"{setting}: {check['same']}/{len(now)} episodes identical, replayed mean {check['replayed_mean']:.4f}, "
               f"saved {check['saved_mean']:.4f}; kept the frozen encoder on {kept}; {check['seconds']:.2f} s / episode")
         if other_guard:  # paired with every row, on the episodes both have
-            check.update(guard_folds=args.guard_folds, pooled=args.pooled, online=args.online, minus={})
+            check.update(guard_folds=args.guard_folds, guard_steps=args.guard_steps, pooled=args.pooled,
+                         online=args.online, minus={})
             if "verdict" in result:
                 check["verdict"] = result["verdict"]
                 print(f"  {'online' if args.online else 'pooled'} verdict: {result['verdict']}")
@@ -274,7 +286,8 @@ def replay(args, settings, argv: list[str]) -> dict:
         checks.append(check)
     pooled = "" if args.pooled is None else "_pooled" + (f"_{args.pooled}" if args.pooled else "")
     name = "replay" + pooled + ("_online" if args.online else "") + (
-        f"_guard_folds_{args.guard_folds}" if args.guard_folds is not None else "") + ".json"
+        f"_guard_folds_{args.guard_folds}" if args.guard_folds is not None else "") + (
+        f"_guard_steps_{args.guard_steps}" if args.guard_steps is not None else "") + ".json"
     common.write_json(os.path.join(out, name), {"checks": checks, "argv": argv}, indent=1)
     return {"checks": checks}
 

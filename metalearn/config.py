@@ -304,6 +304,8 @@ class Recipe:
         guard: classification at K >= 2: decide per task, from its support set's own folds, whether
             adapting beats the frozen foundation (``metalearn.guarded.decide``).
         folds: support folds the guard holds out (None: K).
+        guard_steps: inner steps each guard fold adapts (None: ``steps``). 0 scores the meta-learned init's
+            prototypes on the folds without adapting: one forward of the support set for all folds.
         margin: held-out accuracy the adapted model must gain over the foundation to be kept.
         chosen_on: how the steps and scale were chosen (validation scores, episodes, grids), for the record.
     """
@@ -313,6 +315,7 @@ class Recipe:
     guard: bool = True
     folds: Optional[int] = None
     margin: float = 0.0
+    guard_steps: Optional[int] = None
     chosen_on: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -321,6 +324,8 @@ class Recipe:
         _check(isinstance(self.guard, bool), "recipe.guard", self.guard, "use True or False")
         _check(self.folds is None or _is_int(self.folds) and self.folds >= 1, "recipe.folds", self.folds,
                "use a positive number of folds, or None for K")
+        _check(self.guard_steps is None or _is_int(self.guard_steps) and self.guard_steps >= 0, "recipe.guard_steps",
+               self.guard_steps, "use a number of steps >= 0 for the guard's folds, or None for the recipe's steps")
         _check(_is_number(self.margin) and self.margin >= 0, "recipe.margin", self.margin, "use a number >= 0")
         _check(isinstance(self.chosen_on, dict), "recipe.chosen_on", self.chosen_on, "use a dict")
 

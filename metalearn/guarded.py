@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .functional import head_logits, logits, outputs, pooled
+from .functional import head_logits, logits, outputs, pooled, prototypes
 from .model import eval_mode
-from .tasks.folds import support_folds
+from .tasks.folds import fold_rows, support_folds
 from .tasks.task import Task
 from .types import Params
 
-__all__ = ["AdaptedModel", "decide", "guard_decision", "recipe_settings"]
+__all__ = ["AdaptedModel", "decide", "guard_decision", "guard_settings", "recipe_settings"]
 
 PREDICT_BATCH = 64
 """Texts per forward pass when an encoder classifies: batches of similar length (``functional.pooled``), so a
@@ -109,31 +109,69 @@ def decide(learner: Any, task: Task, *, steps: Optional[int] = None, scale: floa
     them too (default: frozen features with this learner's prototype head; ``foundation_scores(pseudo)``
     gives another's accuracy and NLL). The task adapts only if the mean held-out accuracy is higher by more
     than ``margin``; on a tie the lower NLL decides. The query set is never read.
+
+    At ``steps=0`` the folds score the meta-learned init itself (its prototypes of each fold's rest, as a
+    0-step adaptation has them): one forward of the support set serves every fold, instead of one
+    adaptation per fold.
     """
     if task.kind != "classification":
         raise ValueError(f"the guard holds out support examples of a classification task, not {task.kind!r}")
     if not 0 <= margin:
         raise ValueError(f"margin={margin!r} is invalid: use a non-negative number")
-    meta, base = [], []
-    for pseudo in support_folds(task, folds):
-        episode = learner.episode(dataclasses.replace(pseudo, query=pseudo.support))  # adaptation sees the rest only
-        fast, _ = learner.adapt_params(episode, steps, scale)
-        with torch.no_grad():
-            query = learner.model.encode(pseudo.query, "classification")
-            meta.append(_scores(logits(learner.model, fast, query), query["label"]))
-        if foundation_scores is not None:
-            base.append(foundation_scores(pseudo))
-        else:
-            head = learner.foundation_head(pseudo)
-            with torch.no_grad(), learner.frozen() as frozen:
-                query = frozen.encode(pseudo.query, "classification")
-                base.append(_scores(head_logits(frozen, head, frozen.features(query)), query["label"]))
+    if steps == 0 and learner.config.adapter.head == "prototype":
+        meta, base = _unadapted_fold_scores(learner, task, folds, foundation_scores)
+    else:
+        meta, base = [], []
+        for pseudo in support_folds(task, folds):
+            episode = learner.episode(dataclasses.replace(pseudo, query=pseudo.support))  # adaptation sees the rest
+            fast, _ = learner.adapt_params(episode, steps, scale)
+            with torch.no_grad():
+                query = learner.model.encode(pseudo.query, "classification")
+                meta.append(_scores(logits(learner.model, fast, query), query["label"]))
+            base.append(foundation_scores(pseudo) if foundation_scores is not None
+                        else _foundation_fold_scores(learner, pseudo))
     acc = {w: _mean([r["accuracy"] for r in rows]) for w, rows in (("meta", meta), ("foundation", base))}
     nll = {w: _mean([r.get("nll", math.nan) for r in rows]) for w, rows in (("meta", meta), ("foundation", base))}
     better = acc["meta"] - acc["foundation"] - margin
     tie = math.isclose(better, 0.0, abs_tol=1e-9)
     use = "meta" if better > 0 and not tie or tie and nll["meta"] <= nll["foundation"] else "foundation"
     return {"use": use, "task_id": task.task_id, "held_out_accuracy": acc, "held_out_nll": nll, "folds": len(meta)}
+
+
+def _foundation_fold_scores(learner: Any, pseudo: Task) -> dict[str, float]:
+    """The frozen foundation with the learner's prototype head of the fold's rest, on its held-out examples."""
+    head = learner.foundation_head(pseudo)
+    with torch.no_grad(), learner.frozen() as frozen:
+        query = frozen.encode(pseudo.query, "classification")
+        return _scores(head_logits(frozen, head, frozen.features(query)), query["label"])
+
+
+def _unadapted_fold_scores(learner: Any, task: Task, folds: Optional[int],
+                           foundation_scores: Optional[Callable[[Task], dict]]) -> tuple[list[dict], list[dict]]:
+    """``decide``'s fold scores at 0 steps: the init's and the frozen foundation's features of the whole
+    support set, computed once, and each fold's prototypes of its rest scored on its held-out rows."""
+    labels = torch.as_tensor(task.support["label"])
+    rows = fold_rows(task, folds)
+    with torch.no_grad():
+        feats = {"meta": _support_features(learner.model, learner.init, task)}
+        if foundation_scores is None:
+            with learner.frozen() as frozen:
+                feats["foundation"] = _support_features(frozen, {}, task)
+        scores: dict[str, list[dict]] = {"meta": [], "foundation": []}
+        for (rest, held), pseudo in zip(rows, support_folds(task, folds)):
+            for who, f in feats.items():
+                head = prototypes(learner.model, f[rest], labels[rest], task.n_way)
+                scores[who].append(_scores(head_logits(learner.model, head, f[held]), labels[held]))
+            if foundation_scores is not None:
+                scores["foundation"].append(foundation_scores(pseudo))
+    return scores["meta"], scores["foundation"]
+
+
+def _support_features(model: Any, params: Params, task: Task) -> torch.Tensor:
+    """Pooled features (rows, hidden) of ``task.support`` under ``params`` (an encoder: in batches by length)."""
+    if model.model_type == "encoder" and "text" in task.support:
+        return pooled(model, params, list(task.support["text"]), PREDICT_BATCH)
+    return outputs(model, params, model.encode(task.support, "classification"))
 
 
 def guard_decision(learner: Any, task: Task, guard: Union[bool, str, Mapping, None], steps: Optional[int],
@@ -176,7 +214,8 @@ def guard_decision(learner: Any, task: Task, guard: Union[bool, str, Mapping, No
                              f"has {k}); pass guard=False, or a verdict ('meta' or 'foundation')")
         return {"use": "meta", "why": "K = 1: no support example to hold out, so the guard cannot decide"}
     settings = recipe_settings(learner, steps, scale)
-    decision = decide(learner, task, steps=settings["steps"], scale=settings["scale"], folds=settings["folds"],
+    fold_steps = learner.recipe.guard_steps if learner.recipe and learner.recipe.guard_steps is not None else steps
+    decision = decide(learner, task, steps=fold_steps, scale=settings["scale"], folds=settings["folds"],
                       margin=settings["margin"])
     acc = decision["held_out_accuracy"]
     return {**decision, "why": f"held-out support accuracy: adapted {acc['meta']:.3f}, foundation "
@@ -194,6 +233,15 @@ def recipe_settings(learner: Any, steps: Optional[int] = None, scale: Optional[f
 
     return {"steps": pick(steps, "steps", learner.config.inner.steps), "scale": pick(scale, "scale", 1.0),
             "folds": pick(folds, "folds", None), "margin": pick(margin, "margin", 0.0)}
+
+
+def guard_settings(learner: Any, steps: Optional[int] = None, scale: Optional[float] = None,
+                   folds: Optional[int] = None, margin: Optional[float] = None) -> dict[str, Any]:
+    """``decide``'s settings for the guard ``adapt`` runs: as ``recipe_settings``, the folds adapting ``steps``
+    steps if given, else the recipe's ``guard_steps`` where it sets them, else the recipe's steps."""
+    if steps is None and learner.recipe is not None:
+        steps = learner.recipe.guard_steps
+    return recipe_settings(learner, steps, scale, folds, margin)
 
 
 def _scores(lg: torch.Tensor, true: torch.Tensor) -> dict[str, float]:

@@ -69,6 +69,22 @@ def test_replay_with_other_guard_folds_pairs_with_every_row(quick_run):
     assert json.loads((out / "replay_guard_folds_2.json").read_text())["checks"] == json.loads(json.dumps([check]))
 
 
+
+def test_replay_with_a_zero_step_guard_keeps_either_the_adapted_init_or_the_frozen_encoder(quick_run):
+    out, payload = quick_run
+    rows = {r["method"]: r["per_episode"] for r in payload["rows"]}
+    replayed = setfit_compare.main(["--settings", "5x2", "--replay", "4", "--guard-steps", "0",
+                                    "--output-dir", str(out)])
+    check, = replayed["checks"]
+    assert check["guard_steps"] == 0 and set(check["minus"]) == set(setfit_compare.METHODS)
+    adapted = [a == m for a, m in zip(check["per_episode"], rows["protonet"])]
+    frozen = [a == f for a, f in zip(check["per_episode"], rows["prototypes"])]
+    assert all(a or f for a, f in zip(adapted, frozen))  # each task went one way or the other, as its row has it
+    assert sum(not a for a in adapted) <= check["kept_foundation"]
+    assert json.loads((out / "replay_guard_steps_0.json").read_text())["checks"] == json.loads(json.dumps([check]))
+    with pytest.raises(SystemExit):
+        setfit_compare.main(["--settings", "5x2", "--replay", "4", "--guard-steps", "-1", "--output-dir", str(out)])
+
 def test_replay_pooled_applies_one_verdict_and_pairs_with_every_row(quick_run):
     out, payload = quick_run
     rows = {r["method"]: r["per_episode"] for r in payload["rows"]}

@@ -7,12 +7,14 @@ import pytest
 import torch
 
 import metalearn
+import metalearn.guarded
 from metalearn.build import build_learner
 from metalearn.config import Recipe
 from metalearn.eval import baselines as bl
 from metalearn.eval import guard
 from metalearn.eval.recipe import fewest_within
 from metalearn.foundation import byte_tokenizer
+from metalearn.functional import head_logits, logits
 from metalearn.tasks import Task
 from metalearn.training import make_config
 from tests.helpers import IntentFamily, small_bert
@@ -208,3 +210,70 @@ def test_adapt_and_predict_run_without_dropout_and_leave_the_mode_as_found():
         noisy = [learner.adapt_params(learner.episode(Task(t.support, t.support, "classification")), 2)[1]
                  for _ in range(2)]
     assert noisy[0] != noisy[1]
+
+
+
+def _fold_scores_by_adapting(learner, t, folds):
+    """``guarded.decide``'s held-out accuracies at 0 steps the long way: per fold, the inner loop run for 0 steps
+    on the rest (the init and its prototype head), the foundation's prototypes of the rest, each fold encoded
+    on its own."""
+    meta, base = [], []
+    for pseudo in guard.support_folds(t, folds):
+        fast, losses = learner.adapt_params(learner.episode(Task(pseudo.support, pseudo.support, "classification")), 0)
+        assert losses == []
+        with torch.no_grad():
+            query = learner.model.encode(pseudo.query, "classification")
+            meta.append(float((logits(learner.model, fast, query).argmax(-1) == query["label"]).double().mean()))
+            head = learner.foundation_head(pseudo)
+            with learner.frozen() as frozen:
+                lg = head_logits(frozen, head, frozen.features(frozen.encode(pseudo.query, "classification")))
+                base.append(float((lg.argmax(-1) == query["label"]).double().mean()))
+    return {"meta": float(np.mean(meta)), "foundation": float(np.mean(base))}
+
+
+@pytest.mark.parametrize("folds", [None, 2])
+def test_a_zero_step_guard_scores_the_folds_from_one_forward_as_the_inner_loop_would(folds):
+    learner = encoder_learner()
+    with torch.no_grad():
+        for tensor in learner.init.values():
+            tensor.add_(torch.randn_like(tensor) * 0.5)  # an init whose features differ from the foundation's
+    for seed in range(3):
+        t = task(seed)
+        decision = guard.decide(learner, t, steps=0, folds=folds, foundation="zero_shot")
+        fast = metalearn.guarded.decide(learner, t, steps=0, folds=folds)
+        assert decision["held_out_accuracy"] == pytest.approx(_fold_scores_by_adapting(learner, t, folds))
+        assert fast["held_out_accuracy"] == pytest.approx(decision["held_out_accuracy"])
+        assert fast["held_out_nll"] == pytest.approx(decision["held_out_nll"], rel=1e-4)
+        assert fast["folds"] == (folds or 2)
+
+
+def test_adapt_runs_the_recipes_guard_steps_and_no_inner_loop_for_the_folds_at_zero(monkeypatch):
+    learner = encoder_learner()
+    t = task(1)
+    learner.recipe = Recipe(steps=2, scale=3.0, guard=True, guard_steps=0)
+    calls = []
+    adapt_params = learner.adapt_params
+    monkeypatch.setattr(learner, "adapt_params", lambda *a, **k: calls.append(a[1:]) or adapt_params(*a, **k))
+    adapted = learner.adapt(t.support)
+    expected = guard.decide(learner, t, steps=0)
+    assert adapted.decision["held_out_accuracy"] == pytest.approx(expected["held_out_accuracy"])
+    assert calls == ([(2, 3.0)] if adapted.use == "meta" else [])  # the folds adapted nothing
+    calls.clear()
+    learner.recipe = Recipe(steps=2, scale=3.0, guard=True, guard_steps=1)
+    learner.adapt(t.support, guard=True)
+    assert calls[:2] == [(1, 3.0), (1, 3.0)]  # one adaptation per fold (K = 2), at the guard's steps
+    learner.recipe = Recipe(steps=2, scale=3.0, guard=True, folds=2, guard_steps=0)
+    choices, _ = guard.decide_gated(learner, [t.support])
+    assert choices[0]["held_out_accuracy"] == pytest.approx(expected["held_out_accuracy"])
+
+
+def test_guard_steps_are_saved_with_the_recipe_and_checked(tmp_path):
+    learner = encoder_learner()
+    recipe = metalearn.tune_recipe(learner, IntentFamily(), steps=[1], lr_grid=[1.0], val_episodes=2, guard_steps=0)
+    assert recipe.guard_steps == 0
+    learner.save(str(tmp_path / "init"))
+    assert metalearn.load(str(tmp_path / "init"), model=small_bert()).recipe.guard_steps == 0
+    old = {k: v for k, v in recipe.to_dict().items() if k != "guard_steps"}  # saved before the field existed
+    assert Recipe.from_dict(old).guard_steps is None
+    with pytest.raises(ValueError, match="recipe.guard_steps=-1"):
+        metalearn.tune_recipe(learner, IntentFamily(), guard_steps=-1)

@@ -168,7 +168,7 @@ def decide_gated(learner: Learner, tasks: Sequence[Union[Task, Mapping[str, Any]
     if not tasks:
         raise ValueError("decide_gated pools the verdict over tasks' support folds and was given none: pass the "
                          "support sets (or tasks) of the target's tasks")
-    settings = guarded.recipe_settings(learner, steps, scale, folds, margin)
+    settings = guarded.guard_settings(learner, steps, scale, folds, margin)
     tasks = _as_tasks(tasks)
     choices = decide_tasks(learner, tasks, workers=workers, foundation=foundation, **settings)
     margin = settings["margin"]
@@ -220,7 +220,7 @@ class TargetGate:
             raise ValueError(f"alpha={alpha!r} is invalid: give the chance of a wrong verdict, e.g. 0.05")
         check_workers(workers)
         self.learner, self.foundation, self.workers = learner, foundation, workers
-        self.settings = guarded.recipe_settings(learner, steps, scale, folds, margin)
+        self.settings = guarded.guard_settings(learner, steps, scale, folds, margin)
         self.first_look, self.alpha = first_look, alpha
         self.seen = 0
         self.differences: list[float] = []

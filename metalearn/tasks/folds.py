@@ -12,7 +12,7 @@ import torch
 
 from .task import Task
 
-__all__ = ["support_folds"]
+__all__ = ["fold_rows", "support_folds"]
 
 
 def support_folds(task: Task, folds: Optional[int] = None) -> list[Task]:
@@ -22,6 +22,17 @@ def support_folds(task: Task, folds: Optional[int] = None) -> list[Task]:
     many (default K). Needs K >= 2 examples in every class. Class names in the support set
     (``task.meta["name_rows"]``, from ``NWayKShot(class_names=...)``) are side information, not examples: they
     stay in every fold's support and are never held out, nor counted in K.
+    """
+    names = set(task.meta.get("name_rows", ()))
+    return [Task(_take(task.support, rest), _take(task.support, held), task.kind, task_id=f"{task.task_id}#fold{j}",
+                 label_names=task.label_names, meta={"name_rows": [r for r, i in enumerate(rest) if i in names]})
+            for j, (rest, held) in enumerate(fold_rows(task, folds))]
+
+
+def fold_rows(task: Task, folds: Optional[int] = None) -> list[tuple[list[int], list[int]]]:
+    """``support_folds`` as row indices into ``task.support``: (the fold's support rows, its held-out rows) each.
+
+    For scoring folds from features of the whole support set computed once (``guarded.decide`` at 0 steps).
     """
     labels = torch.as_tensor(task.support["label"]).tolist()
     names = set(task.meta.get("name_rows", ()))
@@ -38,10 +49,7 @@ def support_folds(task: Task, folds: Optional[int] = None) -> list[Task]:
     out = []
     for j in range(k if folds is None else min(folds, k)):
         held = sorted(r[j] for r in rows.values())
-        rest = [i for i in range(len(labels)) if i not in set(held)]
-        out.append(Task(_take(task.support, rest), _take(task.support, held), task.kind,
-                        task_id=f"{task.task_id}#fold{j}", label_names=task.label_names,
-                        meta={"name_rows": [r for r, i in enumerate(rest) if i in names]}))
+        out.append(([i for i in range(len(labels)) if i not in set(held)], held))
     return out
 
 

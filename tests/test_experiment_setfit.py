@@ -3,9 +3,10 @@
 import argparse
 import json
 
+import numpy as np
 import pytest
 
-from experiments import setfit_compare
+from experiments import guard_steps, setfit_compare
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +152,23 @@ def test_splits_choose_the_target_classes():
     assert [len(family.classes(s)) for s in ("train", "val", "test")] == [6, 5, 5]
     args.splits = None
     assert len(setfit_compare.target(args).classes("val")) == 3  # the spec's own split
+
+
+def test_guard_steps_rows_are_the_runs_own_paths_paired(quick_run, tmp_path):
+    out, payload = quick_run
+    rows = {r["method"]: r["per_episode"] for r in payload["rows"]}
+    result = guard_steps.main(["--learner", str(out / "5x2" / "learner"), "--targets", "clinc150", "--settings", "5x2",
+                               "--episodes", "3", "--guards", "recipe,0:2", "--quiet", "--output-dir", str(tmp_path)])
+    got = {r["method"]: r for r in result["rows"]}
+    assert list(got)[:2] == ["unguarded", "frozen"] and list(got)[2].endswith("(recipe)") and list(got)[3] == "guard 0:2"
+    assert got["unguarded"]["per_episode"] == rows["protonet"][:3]  # the harness's row: the same tasks, recipe steps
+    recipe_row = next(r for m, r in got.items() if m.endswith("(recipe)"))
+    assert recipe_row["per_episode"] == rows["recipe"][:3]  # what load(saved).adapt(support) did in the run
+    for r in got.values():
+        assert all(a in (u, f) for a, u, f in zip(r["per_episode"], got["unguarded"]["per_episode"],
+                                                 got["frozen"]["per_episode"]))
+        assert r["minus_unguarded"][0] == pytest.approx(np.mean(r["per_episode"]) - got["unguarded"]["accuracy"])
+    assert json.loads((tmp_path / "results.json").read_text())["rows"][3]["method"] == "guard 0:2"
+    assert "guard 0:2" in (tmp_path / "table.md").read_text()
+    with pytest.raises(SystemExit):
+        guard_steps.main(["--learner", str(out / "5x2" / "learner"), "--settings", "5x1", "--output-dir", str(tmp_path)])

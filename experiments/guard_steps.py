@@ -1,0 +1,147 @@
+"""What the per-task guard's fold steps cost and decide: a saved learner's guard at several settings, any target.
+
+``learner.adapt(support)`` guards a classification task at K >= 2 by adapting the meta-learned init on each of
+its support folds and comparing it, on the held-out shots, with the frozen foundation
+(``metalearn.guarded.decide``). Each fold costs an adaptation. With ``Recipe.guard_steps = 0`` the folds
+score the init unadapted instead: one forward of the support set for all of them. This script measures
+what that changes, on the test tasks of any target, near the learner's meta-training or far from it:
+
+* ``unguarded``: ``adapt(support, guard=False)``, the saved recipe's steps and step size;
+* ``frozen``: ``adapt(support, guard="foundation")``, the frozen encoder with the learner's prototype head;
+* ``guard S:F``: each task adapted or kept frozen as ``guarded.decide`` at S fold steps and F folds says
+  (``recipe``: the saved recipe's own guard). Its accuracy is the unguarded or the frozen one of that task,
+  its seconds the guard's plus the path taken.
+
+Every row is paired, episode by episode, with the unguarded and the frozen rows.
+
+    python -m experiments.guard_steps --learner runs/setfit_fewrel_5x5/5x5/learner \\
+        --targets fewrel,huffpost --settings 5x5 --episodes 100 --guards recipe,0:2,0:5 --workers 2
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+import metalearn
+from experiments import common
+from metalearn.eval import metrics, sample_tasks
+from metalearn.eval.workers import forked_map
+from metalearn.guarded import decide
+from metalearn.views import evaluation_mode
+
+TARGETS = ("fewrel", "clinc150", "hwu64", "huffpost")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    p = common.parser(__doc__)
+    common.add_run_arguments(p, "runs/guard_steps", "3 episodes per cell")
+    p.add_argument("--learner", required=True, help="a saved learner with a recipe (e.g. setfit_compare's)")
+    p.add_argument("--targets", default="fewrel", help=f"comma-separated, of {', '.join(TARGETS)} (test classes)")
+    p.add_argument("--settings", default="5x5", help="NxK test settings, K >= 2")
+    p.add_argument("--episodes", type=int, default=100, help="test episodes per target and setting")
+    p.add_argument("--guards", default="recipe,0:2,0:5",
+                   help="guard settings STEPS:FOLDS (FOLDS 'K': every shot), 'recipe' for the saved recipe's guard")
+    p.add_argument("--workers", type=int, default=1, help="forked processes sharing the episodes")
+    args = p.parse_args(common.argv_of(argv))
+    targets = common.choose(p, args.targets, TARGETS, "target")
+    settings = common.parse_settings(args.settings)
+    if any(k < 2 for _, k in settings):
+        p.error(f"--settings {args.settings}: the guard holds support shots out, so every K must be >= 2")
+    if args.episodes < 2:
+        p.error(f"--episodes {args.episodes} is invalid: give at least 2 (the intervals need them)")
+    if not os.path.isfile(os.path.join(args.learner, "metalearn.json")):
+        p.error(f"--learner {args.learner} holds no saved learner (metalearn.json); give a learner folder, "
+                "e.g. runs/setfit_fewrel_5x5/5x5/learner")
+    learner = metalearn.load(args.learner)
+    if learner.recipe is None:
+        p.error(f"--learner {args.learner} has no recipe: choose one first (metalearn.tune_recipe, then save)")
+    guards = _guards(p, args.guards, learner.recipe)
+    if args.quick:
+        args.episodes = 3
+    start = common.setup(args)
+    rows = []
+    for name in targets:
+        for n_way, k_shot in settings:
+            family = common.target_spec(name, n_way=n_way, k_shot=k_shot, q_query=5)
+            tasks = sample_tasks(family, "test", args.episodes, args.seed)
+            rows += cell(learner, tasks, guards, f"{name} {n_way}-way {k_shot}-shot", args)
+    text = report(rows, learner.recipe, common.argv_of(argv), time.time() - start)
+    return common.write_report(args.output_dir, text, {"rows": rows, "argv": common.argv_of(argv),
+                                                         "recipe": learner.recipe.to_dict()})
+
+
+def _guards(p, text: str, recipe) -> list[tuple[str, int, Optional[int]]]:
+    """'recipe,0:2,0:K' -> [(label, steps, folds)]; folds None is K."""
+    out = []
+    for item in (s.strip() for s in text.split(",") if s.strip()):
+        if item == "recipe":
+            steps = recipe.steps if recipe.guard_steps is None else recipe.guard_steps
+            out.append((f"guard {steps}:{recipe.folds or 'K'} (recipe)", steps, recipe.folds))
+            continue
+        try:
+            steps, folds = item.split(":")
+            steps, folds = int(steps), None if folds == "K" else int(folds)
+        except ValueError:
+            p.error(f"--guards item {item!r} is not STEPS:FOLDS (e.g. 0:2, 10:K) or 'recipe'")
+        if steps < 0 or folds is not None and folds < 1:
+            p.error(f"--guards item {item!r} is invalid: steps >= 0, folds >= 1 (or K)")
+        out.append((f"guard {steps}:{folds or 'K'}", steps, folds))
+    if not out:
+        p.error("--guards is empty: give at least one guard setting, e.g. recipe,0:2")
+    return out
+
+
+def cell(learner, tasks, guards, label: str, args) -> list[dict]:
+    """Every row on one target's test tasks: per-episode accuracy and seconds, paired differences."""
+
+    def one(task) -> dict:
+        start = time.perf_counter()
+        meta = metrics.accuracy(learner.adapt(task.support, guard=False).predict(task.query).cpu().numpy(),
+                                np.asarray(task.query["label"]))
+        mid = time.perf_counter()
+        frozen = metrics.accuracy(learner.adapt(task.support, guard="foundation").predict(task.query).cpu().numpy(),
+                                  np.asarray(task.query["label"]))
+        out = {"unguarded": (meta, mid - start), "frozen": (frozen, time.perf_counter() - mid)}
+        for name, steps, folds in guards:
+            begin = time.perf_counter()
+            use = decide(learner, task, steps=steps, scale=learner.recipe.scale, folds=folds,
+                         margin=learner.recipe.margin)["use"]
+            path = out["unguarded" if use == "meta" else "frozen"]
+            out[name] = (path[0], time.perf_counter() - begin + path[1], use)
+        return out
+
+    with evaluation_mode([learner]):
+        done = list(tqdm(forked_map(one, list(tasks), args.workers), total=len(tasks), desc=label,
+                         disable=args.quiet))
+    acc = {m: [d[m][0] for d in done] for m in done[0]}
+    rows = []
+    for m in done[0]:
+        mean, ci = metrics.mean_ci(acc[m])
+        rows.append({"cell": label, "method": m, "accuracy": mean, "ci95": ci, "n": len(done),
+                     "per_episode": acc[m], "seconds": float(np.mean([d[m][1] for d in done])),
+                     "kept_frozen": sum(d[m][2] == "foundation" for d in done) if m not in ("unguarded", "frozen")
+                     else None,
+                     "minus_unguarded": metrics.paired_ci(acc[m], acc["unguarded"]),
+                     "minus_frozen": metrics.paired_ci(acc[m], acc["frozen"])})
+    return rows
+
+
+def report(rows: list[dict], recipe, argv: list[str], seconds: float) -> str:
+    lines = [f"# The guard's fold steps: recipe {recipe.steps} steps, step size x{recipe.scale:g}", "",
+             f"`{common.command('guard_steps', argv)}` — {seconds / 60:.1f} min", "",
+             "| cell | method | accuracy (95% CI) | − unguarded, paired | − frozen, paired | kept frozen | s / episode |",
+             "|---" * 7 + "|"]
+    for r in rows:
+        kept = "—" if r["kept_frozen"] is None else f"{r['kept_frozen']} / {r['n']}"
+        lines.append(f"| {r['cell']} | {r['method']} | {common.mean_ci(r['accuracy'], r['ci95'])} | "
+                     f"{common.mean_ci(*r['minus_unguarded'])} | {common.mean_ci(*r['minus_frozen'])} | {kept} | "
+                     f"{r['seconds']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

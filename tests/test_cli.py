@@ -132,6 +132,7 @@ def test_fit_with_a_recipe_saves_it_with_the_learner(tmp_path, capsys):
     ("{tolerence: 0.02}", r"recipe: unknown option\(s\) \['tolerence'\]"),
     ("{steps: [0, 1]}", r"recipe: steps=\[0, 1\] is invalid"),
     ("{folds: 0}", r"recipe: recipe.folds=0 is invalid"),
+    ("{guard_steps: -1}", r"recipe: recipe.guard_steps=-1 is invalid"),
     ("5", r"'recipe' must be true or a mapping"),
 ])
 def test_fit_with_a_bad_recipe_exits_2_before_any_work(recipe, match, tmp_path, capsys):

@@ -158,12 +158,12 @@ def _unadapted_fold_scores(learner: Any, task: Task, folds: Optional[int],
             with learner.frozen() as frozen:
                 feats["foundation"] = _support_features(frozen, {}, task)
         scores: dict[str, list[dict]] = {"meta": [], "foundation": []}
-        for (rest, held), pseudo in zip(rows, support_folds(task, folds)):
+        for rest, held in rows:
             for who, f in feats.items():
                 head = prototypes(learner.model, f[rest], labels[rest], task.n_way)
                 scores[who].append(_scores(head_logits(learner.model, head, f[held]), labels[held]))
-            if foundation_scores is not None:
-                scores["foundation"].append(foundation_scores(pseudo))
+        if foundation_scores is not None:  # another baseline scores each fold as its own task
+            scores["foundation"] = [foundation_scores(pseudo) for pseudo in support_folds(task, folds)]
     return scores["meta"], scores["foundation"]
 
 
@@ -213,10 +213,7 @@ def guard_decision(learner: Any, task: Task, guard: Union[bool, str, Mapping, No
             raise ValueError(f"guard=True holds support examples out, which needs K >= 2 per class (this support "
                              f"has {k}); pass guard=False, or a verdict ('meta' or 'foundation')")
         return {"use": "meta", "why": "K = 1: no support example to hold out, so the guard cannot decide"}
-    settings = recipe_settings(learner, steps, scale)
-    fold_steps = learner.recipe.guard_steps if learner.recipe and learner.recipe.guard_steps is not None else steps
-    decision = decide(learner, task, steps=fold_steps, scale=settings["scale"], folds=settings["folds"],
-                      margin=settings["margin"])
+    decision = decide(learner, task, **guard_settings(learner, scale=scale, adapt_steps=steps))
     acc = decision["held_out_accuracy"]
     return {**decision, "why": f"held-out support accuracy: adapted {acc['meta']:.3f}, foundation "
                                f"{acc['foundation']:.3f} over {decision['folds']} fold(s)"}
@@ -236,11 +233,13 @@ def recipe_settings(learner: Any, steps: Optional[int] = None, scale: Optional[f
 
 
 def guard_settings(learner: Any, steps: Optional[int] = None, scale: Optional[float] = None,
-                   folds: Optional[int] = None, margin: Optional[float] = None) -> dict[str, Any]:
+                   folds: Optional[int] = None, margin: Optional[float] = None, *,
+                   adapt_steps: Optional[int] = None) -> dict[str, Any]:
     """``decide``'s settings for the guard ``adapt`` runs: as ``recipe_settings``, the folds adapting ``steps``
-    steps if given, else the recipe's ``guard_steps`` where it sets them, else the recipe's steps."""
-    if steps is None and learner.recipe is not None:
-        steps = learner.recipe.guard_steps
+    steps if given, else the recipe's ``guard_steps`` where it sets them, else ``adapt_steps`` (the steps
+    ``adapt`` was given), else the recipe's steps."""
+    recipe_steps = learner.recipe.guard_steps if learner.recipe is not None else None
+    steps = next((s for s in (steps, recipe_steps, adapt_steps) if s is not None), None)
     return recipe_settings(learner, steps, scale, folds, margin)
 
 

@@ -11,11 +11,15 @@ what that changes, on the test tasks of any target, near the learner's meta-trai
 * ``guard S:F``: each task adapted or kept frozen as ``guarded.decide`` at S fold steps and F folds says
   (``recipe``: the saved recipe's own guard). Its accuracy is the unguarded or the frozen one of that task,
   its seconds the guard's plus the path taken.
+* ``pooled:M`` (needs ``recipe``): the recipe guard's verdict pooled over the first M tasks' folds
+  (``eval.guard.pooled_verdict``, as ``decide_gated`` pools it; ``pooled``: over all of them). Those M tasks
+  pay for their folds; when the verdict is clear the other tasks follow it with no folds, else each decides
+  on its own, as ``setfit_compare --replay N --pooled M`` replays it.
 
 Every row is paired, episode by episode, with the unguarded and the frozen rows.
 
     python -m experiments.guard_steps --learner runs/setfit_fewrel_5x5/5x5/learner \\
-        --targets fewrel,huffpost --settings 5x5 --episodes 100 --guards recipe,0:2,0:5 --workers 2
+        --targets fewrel,huffpost --settings 5x5 --episodes 100 --guards recipe,0:2,0:5,pooled:30 --workers 2
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from tqdm import tqdm
 import metalearn
 from experiments import common
 from metalearn.eval import metrics, sample_tasks
+from metalearn.eval.guard import pooled_verdict
 from metalearn.eval.workers import forked_map
 from metalearn.guarded import decide
 from metalearn.views import evaluation_mode
@@ -59,7 +64,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     learner = metalearn.load(args.learner)
     if learner.recipe is None:
         p.error(f"--learner {args.learner} has no recipe: choose one first (metalearn.tune_recipe, then save)")
-    guards = _guards(p, args.guards, learner.recipe)
+    guards, pools = _guards(p, args.guards, learner.recipe)
     if args.quick:
         args.episodes = 3
     start = common.setup(args)
@@ -68,16 +73,22 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         for n_way, k_shot in settings:
             family = common.target_spec(name, n_way=n_way, k_shot=k_shot, q_query=5)
             tasks = sample_tasks(family, "test", args.episodes, args.seed)
-            rows += cell(learner, tasks, guards, f"{name} {n_way}-way {k_shot}-shot", args)
+            rows += cell(learner, tasks, guards, f"{name} {n_way}-way {k_shot}-shot", args, pools)
     text = report(rows, learner.recipe, common.argv_of(argv), time.time() - start)
     return common.write_report(args.output_dir, text, {"rows": rows, "argv": common.argv_of(argv),
                                                          "recipe": learner.recipe.to_dict()})
 
 
-def _guards(p, text: str, recipe) -> list[tuple[str, int, Optional[int]]]:
-    """'recipe,0:2,0:K' -> [(label, steps, folds)]; folds None is K."""
-    out = []
+def _guards(p, text: str, recipe) -> tuple[list[tuple[str, int, Optional[int]]], list[int]]:
+    """'recipe,0:2,0:K,pooled:30' -> ([(label, steps, folds)], [30]); folds None is K, pooled 0 is every task."""
+    out, pools = [], []
     for item in (s.strip() for s in text.split(",") if s.strip()):
+        if item == "pooled" or item.startswith("pooled:"):
+            m = item.partition(":")[2]
+            if m and (not m.isdigit() or int(m) < 2):
+                p.error(f"--guards item {item!r} is invalid: pool over M >= 2 tasks (pooled:30), or all (pooled)")
+            pools.append(int(m or 0))
+            continue
         if item == "recipe":
             steps = recipe.steps if recipe.guard_steps is None else recipe.guard_steps
             out.append((f"guard {steps}:{recipe.folds or 'K'} (recipe)", steps, recipe.folds))
@@ -92,10 +103,12 @@ def _guards(p, text: str, recipe) -> list[tuple[str, int, Optional[int]]]:
         out.append((f"guard {steps}:{folds or 'K'}", steps, folds))
     if not out:
         p.error("--guards is empty: give at least one guard setting, e.g. recipe,0:2")
-    return out
+    if pools and not any(label.endswith("(recipe)") for label, _, _ in out):
+        p.error("--guards: pooled:M pools the recipe guard's folds; add 'recipe' (e.g. recipe,pooled:30)")
+    return out, pools
 
 
-def cell(learner, tasks, guards, label: str, args) -> list[dict]:
+def cell(learner, tasks, guards, label: str, args, pools: Sequence[int] = ()) -> list[dict]:
     """Every row on one target's test tasks: per-episode accuracy and seconds, paired differences."""
 
     def one(task) -> dict:
@@ -108,15 +121,20 @@ def cell(learner, tasks, guards, label: str, args) -> list[dict]:
         out = {"unguarded": (meta, mid - start), "frozen": (frozen, time.perf_counter() - mid)}
         for name, steps, folds in guards:
             begin = time.perf_counter()
-            use = decide(learner, task, steps=steps, scale=learner.recipe.scale, folds=folds,
-                         margin=learner.recipe.margin)["use"]
-            path = out["unguarded" if use == "meta" else "frozen"]
-            out[name] = (path[0], time.perf_counter() - begin + path[1], use)
+            decision = decide(learner, task, steps=steps, scale=learner.recipe.scale, folds=folds,
+                              margin=learner.recipe.margin)
+            path = out["unguarded" if decision["use"] == "meta" else "frozen"]
+            out[name] = (path[0], time.perf_counter() - begin + path[1], decision["use"], decision)
         return out
 
     with evaluation_mode([learner]):
         done = list(tqdm(forked_map(one, list(tasks), args.workers), total=len(tasks), desc=label,
                          disable=args.quiet))
+    verdicts = {}
+    recipe = next((name for name, _, _ in guards if name.endswith("(recipe)")), None)
+    for m in pools:
+        name = f"pooled:{m}" if m else "pooled"
+        verdicts[name] = _pool(done, recipe, min(m or len(done), len(done)), learner.recipe.margin, name)
     acc = {m: [d[m][0] for d in done] for m in done[0]}
     rows = []
     for m in done[0]:
@@ -126,8 +144,28 @@ def cell(learner, tasks, guards, label: str, args) -> list[dict]:
                      "kept_frozen": sum(d[m][2] == "foundation" for d in done) if m not in ("unguarded", "frozen")
                      else None,
                      "minus_unguarded": metrics.paired_ci(acc[m], acc["unguarded"]),
-                     "minus_frozen": metrics.paired_ci(acc[m], acc["frozen"])})
+                     "minus_frozen": metrics.paired_ci(acc[m], acc["frozen"]),
+                     **({"verdict": verdicts[m]} if m in verdicts else {})})
     return rows
+
+
+def _pool(done: list[dict], recipe: str, m: int, margin: float, name: str) -> dict:
+    """Adds row ``name`` to every task of ``done``: the recipe guard's verdict pooled over the first ``m`` tasks.
+
+    The first ``m`` tasks paid for their folds (the recipe guard's seconds); when the verdict is clear every
+    task takes its path, and the others pay only for that path; when it is not, every task keeps its own
+    decision (the recipe guard's row). Returns the verdict.
+    """
+    verdict = pooled_verdict([d[recipe][3] for d in done[:m]], margin)
+    for i, d in enumerate(done):
+        own = d[recipe]
+        if verdict["use"] == "per task":
+            d[name] = own
+            continue
+        path = d["unguarded" if verdict["use"] == "meta" else "frozen"]
+        folds = own[1] - d["unguarded" if own[2] == "meta" else "frozen"][1]  # the guard's own seconds
+        d[name] = (path[0], path[1] + (folds if i < m else 0.0), verdict["use"])
+    return verdict
 
 
 def report(rows: list[dict], recipe, argv: list[str], seconds: float) -> str:
@@ -140,6 +178,9 @@ def report(rows: list[dict], recipe, argv: list[str], seconds: float) -> str:
         lines.append(f"| {r['cell']} | {r['method']} | {common.mean_ci(r['accuracy'], r['ci95'])} | "
                      f"{common.mean_ci(*r['minus_unguarded'])} | {common.mean_ci(*r['minus_frozen'])} | {kept} | "
                      f"{r['seconds']:.2f} |")
+    lines += [f"\n{r['cell']}, {r['method']}: verdict {r['verdict']['use']}, held-out difference "
+              f"{common.mean_ci(r['verdict']['held_out_difference'], r['verdict']['ci95'])} over "
+              f"{r['verdict']['tasks']} tasks" for r in rows if "verdict" in r]
     return "\n".join(lines) + "\n"
 
 

@@ -6,7 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from experiments import guard_steps, setfit_compare
+import metalearn
+from experiments import common, guard_steps, setfit_compare
+from metalearn.eval import guard
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +174,26 @@ def test_guard_steps_rows_are_the_runs_own_paths_paired(quick_run, tmp_path):
     assert "guard 0:2" in (tmp_path / "table.md").read_text()
     with pytest.raises(SystemExit):
         guard_steps.main(["--learner", str(out / "5x2" / "learner"), "--settings", "5x1", "--output-dir", str(tmp_path)])
+
+
+def test_guard_steps_pooled_rows_follow_decide_gateds_verdict(quick_run, tmp_path):
+    out, _ = quick_run
+    saved = out / "5x2" / "learner"
+    result = guard_steps.main(["--learner", str(saved), "--targets", "clinc150", "--settings", "5x2", "--episodes", "4",
+                               "--guards", "recipe,pooled:2,pooled", "--quiet", "--output-dir", str(tmp_path)])
+    got = {r["method"]: r for r in result["rows"]}
+    recipe = next(m for m in got if m.endswith("(recipe)"))
+    tasks = metalearn.eval.sample_tasks(common.target_spec("clinc150", n_way=5, k_shot=2, q_query=5), "test", 4, 0)
+    learner = metalearn.load(str(saved))
+    for name, m in (("pooled:2", 2), ("pooled", 4)):
+        _, verdict = guard.decide_gated(learner, [t.support for t in tasks[:m]])  # the library's own pooling
+        row = got[name]
+        assert row["verdict"] == pytest.approx(verdict)
+        if verdict["use"] == "per task":
+            assert row["per_episode"] == got[recipe]["per_episode"]
+        else:
+            path = got["unguarded" if verdict["use"] == "meta" else "frozen"]["per_episode"]
+            assert row["per_episode"] == path and row["kept_frozen"] == (4 if verdict["use"] == "foundation" else 0)
+    assert "pooled:2: verdict" in (tmp_path / "table.md").read_text()
+    with pytest.raises(SystemExit):  # pooling needs the recipe guard's folds
+        guard_steps.main(["--learner", str(saved), "--guards", "0:2,pooled", "--output-dir", str(tmp_path)])

@@ -171,13 +171,21 @@ def decide_gated(learner: Learner, tasks: Sequence[Union[Task, Mapping[str, Any]
     settings = guarded.guard_settings(learner, steps, scale, folds, margin)
     tasks = _as_tasks(tasks)
     choices = decide_tasks(learner, tasks, workers=workers, foundation=foundation, **settings)
-    margin = settings["margin"]
-    mean, ci = mean_ci([c["held_out_accuracy"]["meta"] - c["held_out_accuracy"]["foundation"] for c in choices])
-    use = "foundation" if mean <= margin else "meta" if mean - ci > margin else "per task"
-    verdict = {"use": use, "held_out_difference": mean, "ci95": ci, "tasks": len(choices)}
-    if use != "per task":
+    verdict = pooled_verdict(choices, settings["margin"])
+    if verdict["use"] != "per task":
         choices = [follow(verdict, c) for c in choices]
     return choices, verdict
+
+
+def pooled_verdict(choices: Sequence[Mapping[str, Any]], margin: float = 0.0) -> dict[str, Any]:
+    """:func:`decide_gated`'s verdict from tasks' own decisions (``guarded.decide``'s, with held-out accuracies).
+
+    The held-out difference, adapted minus foundation, pooled over the tasks with its 95% interval:
+    ``"foundation"`` unless it is above ``margin``, ``"meta"`` when the whole interval is, else ``"per task"``.
+    """
+    mean, ci = mean_ci([c["held_out_accuracy"]["meta"] - c["held_out_accuracy"]["foundation"] for c in choices])
+    use = "foundation" if mean <= margin else "meta" if mean - ci > margin else "per task"
+    return {"use": use, "held_out_difference": mean, "ci95": ci, "tasks": len(choices)}
 
 
 def follow(verdict: Mapping[str, Any], choice: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:

@@ -257,12 +257,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     extra = dict(_key_value(kv) for kv in args.family_set)
     setfit = _setfit_options(args.setfit_set)
     model = _model_option(args.model)
-    learners, runs = {}, []
+    if not args.learner and not args.base:
+        raise ValueError("nothing to evaluate: give --learner DIR (scored with the baselines), or --base DIR with "
+                         "--baselines (the baselines alone, on that learner's frozen model)")
+    if args.base and not baselines:
+        raise ValueError("--base gives the baselines their frozen model; name them with --baselines, e.g. "
+                         "--baselines prototypes,random_init")
+    folders = [(f"--learner {item!r}", _parse_learner(item)[1]) for item in args.learner]
+    for option, path in folders + ([(f"--base {args.base!r}", args.base)] if args.base else []):
+        if not os.path.isdir(path):
+            raise ValueError(f"{option}: {path!r} is not a folder; give a `metalearn fit` output folder or a saved "
+                             "learner folder")
+    base, base_run = _load_learner(args.base, model) if args.base else (None, None)
+    learners, runs = {}, [base_run]
     for item in args.learner:
         name, path = _parse_learner(item)
-        if not os.path.isdir(path):
-            raise ValueError(f"--learner {item!r}: {path!r} is not a folder; give a `metalearn fit` output folder "
-                             "or a saved learner folder")
         learner, run = _load_learner(path, model)
         runs.append(run)
         name = name or learner.config.outer.method
@@ -277,7 +286,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     family: Any = tasks.load(name, **overrides)
     if shots is not None:
         family = _factory(name, overrides)
-    results = evaluate(learners, family, baselines=baselines, steps=steps, shots=shots, episodes=args.episodes,
+    results = evaluate(learners or None, family, baselines=baselines, base=base, steps=steps, shots=shots,
+                       episodes=args.episodes,
                        reference=args.reference, seed=args.seed, lr_grid=grid, val_episodes=args.val_episodes,
                        generate=not args.no_generate, max_new_tokens=args.max_new_tokens,
                        output_dir=args.output_dir, progress=not args.quiet, workers=args.workers,
@@ -359,6 +369,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--learner", action="append", default=[], metavar="[NAME=]DIR",
                    help="a `metalearn fit` output folder (model rebuilt from its run.json) or a saved learner "
                    "folder; repeat for several; NAME defaults to the learner's method")
+    e.add_argument("--base", metavar="DIR", help="a learner folder (as --learner) whose frozen model the "
+                   "baselines use, not scored itself; with no --learner, only the baselines run (default: the first "
+                   "--learner)")
     e.add_argument("--family", help="task family: a built-in spec name (e.g. clinc150, text_rules) or a spec YAML "
                    "path; default: the family of the first fit run")
     e.add_argument("--family-set", action="append", default=[], metavar="KEY=VALUE",

@@ -101,6 +101,9 @@ def test_demo_quick_end_to_end(tmp_path, capsys, monkeypatch, base_cache):
     (["eval", "--learner", "{run}", "--baselines", "in_context"], r"'in_context' does not apply to a 'module'"),
     (["eval", "--learner", "{run}", "--baselines", "randm_init"], r"unknown baseline 'randm_init'"),
     (["eval", "--learner", "{tmp}/nowhere"], r"is not a folder"),
+    (["eval", "--baselines", "random_init"], r"nothing to evaluate: give --learner DIR"),
+    (["eval", "--base", "{run}"], r"name them with --baselines"),
+    (["eval", "--base", "{tmp}/nowhere", "--baselines", "random_init"], r"--base .* is not a folder"),
     (["fit", "{tmp}/missing.yaml"], r"does not exist"),
 ])
 def test_bad_input_exits_2_with_the_fix(argv, match, tmp_path, capsys, saved_run):
@@ -163,3 +166,15 @@ def saved_run(tmp_path_factory):
                       f"output_dir: {folder / 'run'}\n")
     assert main(["fit", str(config), "--quiet"]) == 0
     return str(folder / "run")
+
+
+def test_eval_with_base_scores_the_baselines_alone(saved_run, tmp_path, capsys):
+    """--base: the baselines on a learner's frozen model, the learner itself not scored; the same numbers as beside it."""
+    argv = ["--steps", "1", "--episodes", "3", "--baselines", "random_init", "--lr-grid", "none", "--quiet"]
+    assert main(["eval", "--base", saved_run, *argv, "--output-dir", str(tmp_path / "base")]) == 0
+    assert main(["eval", "--learner", f"mine={saved_run}", *argv, "--output-dir", str(tmp_path / "both")]) == 0
+    alone, beside = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("base", "both"))
+    assert alone["settings"]["methods"] == ["random_init"] and beside["settings"]["methods"] == ["mine", "random_init"]
+    rows = {d: [(r["episode"], r["mse"]) for r in run["records"] if r["method"] == "random_init"]
+            for d, run in (("base", alone), ("both", beside))}
+    assert len(rows["base"]) == 3 and rows["base"] == rows["both"]

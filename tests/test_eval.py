@@ -297,6 +297,7 @@ class EmptyTestSplit:
     (dict(reference="nobody"), r"reference='nobody' is not one of"),
     (dict(episode_batch=0), r"episode_batch=0 is invalid.*positive"),
     (dict(reuse="yes"), r"reuse='yes' is invalid"),
+    (dict(baselines=3), r"baselines=3 is invalid: give a list of baseline names"),
 ])
 def test_bad_input_fails_before_any_adaptation(no_adaptation, kwargs, match):
     args = dict(methods={"m": regression_learner()}, family=SinusoidFamily(), steps=[0, 1], episodes=2,
@@ -305,6 +306,14 @@ def test_bad_input_fails_before_any_adaptation(no_adaptation, kwargs, match):
     methods, family = args.pop("methods"), args.pop("family")
     with pytest.raises(ValueError, match=match):
         evaluate(methods, family, **args)
+
+
+def test_baselines_none_means_no_baselines():
+    args = dict(steps=[0], episodes=2, lr_grid=(1.0,), val_episodes=1, progress=False)
+    results = evaluate({"m": regression_learner()}, SinusoidFamily(), baselines=None, **args)
+    assert {r["method"] for r in results.records} == {"m"}
+    with_one = evaluate({"m": regression_learner()}, SinusoidFamily(), baselines=["random_init"], **args)
+    assert {r["method"] for r in with_one.records} == {"m", "random_init"}
 
 
 def test_in_context_on_an_encoder_is_refused(no_adaptation):

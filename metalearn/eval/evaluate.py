@@ -45,7 +45,7 @@ INTERVAL = "95% CI: mean ± t·std/sqrt(n), sample std (ddof=1), Student t with 
 
 
 def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: FamilyOrFactory, *,
-             baselines: Sequence[str] = (), steps: Sequence[int] = DEFAULT_STEPS,
+             baselines: Optional[Sequence[str]] = (), steps: Sequence[int] = DEFAULT_STEPS,
              shots: Optional[Sequence[int]] = None, episodes: Optional[int] = None, base: Optional[Learner] = None,
              reference: Optional[str] = None, seed: int = 0, lr_grid: Optional[Sequence[float]] = DEFAULT_LR_GRID,
              val_episodes: int = 32, generate: bool = True, max_new_tokens: Optional[int] = None,
@@ -57,7 +57,7 @@ def evaluate(methods: Union[Mapping[str, Learner], Learner, None], family: Famil
         methods: ``{name: Learner}`` (meta-learned inits, a multi-task init, ...), or one Learner.
         family: a task family, or a factory ``k_shot -> family`` (used when ``shots`` is given).
         baselines: any of ``"zero_shot"``, ``"in_context"``, ``"prototypes"``, ``"linear_probe"``,
-            ``"random_init"`` (see ``metalearn.eval.baselines``); they use ``base``'s frozen model.
+            ``"random_init"`` (see ``metalearn.eval.baselines``); they use ``base``'s frozen model (None or ``()``: none).
         steps: inner-step counts to score after (0 scores the init itself).
         shots: K values; the family is rebuilt per K (``family_for_shots``). None: the family's own K.
         episodes: test episodes per shot count (default 600; 100 for generation).

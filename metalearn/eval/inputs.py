@@ -120,7 +120,10 @@ def check_inputs(methods, family, baselines, steps, shots, episodes, base, refer
                              "metalearn.fit or metalearn.load")
     if isinstance(baselines, str):
         baselines = [b.strip() for b in baselines.split(",") if b.strip()]
-    baselines = list(dict.fromkeys(baselines))
+    if baselines is not None and not isinstance(baselines, (list, tuple, set, frozenset)):
+        raise ValueError(f"baselines={baselines!r} is invalid: give a list of baseline names, e.g. "
+                         f"['prototypes', 'random_init'], or None for none; baselines are {list(bl.BASELINES)}")
+    baselines = list(dict.fromkeys(baselines or ()))  # None: no baselines
     clash = sorted(set(methods) & set(bl.BASELINES))
     if clash:
         raise ValueError(f"method name(s) {clash} are baseline names; rename the learner(s), e.g. 'my_{clash[0]}'")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections.abc import Iterable
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
@@ -120,7 +121,7 @@ def check_inputs(methods, family, baselines, steps, shots, episodes, base, refer
                              "metalearn.fit or metalearn.load")
     if isinstance(baselines, str):
         baselines = [b.strip() for b in baselines.split(",") if b.strip()]
-    if baselines is not None and not isinstance(baselines, (list, tuple, set, frozenset)):
+    if baselines is not None and not isinstance(baselines, Iterable):
         raise ValueError(f"baselines={baselines!r} is invalid: give a list of baseline names, e.g. "
                          f"['prototypes', 'random_init'], or None for none; baselines are {list(bl.BASELINES)}")
     baselines = list(dict.fromkeys(baselines or ()))  # None: no baselines

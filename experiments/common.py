@@ -253,6 +253,16 @@ def argv_of(argv: Optional[Sequence[str]]) -> list[str]:
     return list(argv) if argv is not None else sys.argv[1:]
 
 
+def option(argv: Sequence[str], name: str) -> Optional[str]:
+    """The value given to option ``name`` in ``argv`` (``--name value`` or ``--name=value``), else None."""
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def command(script: str, argv: Sequence[str]) -> str:
     """The command that reruns an experiment from the repository root, as its reports quote it."""
     return f"python -m experiments.{script} {shlex.join(argv)}".strip()

@@ -11,18 +11,27 @@ what that changes, on the test tasks of any target, near the learner's meta-trai
 * ``guard S:F``: each task adapted or kept frozen as ``guarded.decide`` at S fold steps and F folds says
   (``recipe``: the saved recipe's own guard). Its accuracy is the unguarded or the frozen one of that task,
   its seconds the guard's plus the path taken.
+* ``reuse:F``: the saved recipe with ``Recipe.reuse_fold`` at F folds (``reuse``: 1), run as a user runs it
+  (``adapt(support)``): a task the guard adapts keeps its first fold's adaptation, prototypes from all K shots,
+  instead of adapting again. Its accuracy is its own (neither the unguarded nor the frozen one), its seconds
+  the whole call's.
 * ``pooled:M`` (needs ``recipe``): the recipe guard's verdict pooled over the first M tasks' folds
   (``eval.guard.pooled_verdict``, as ``decide_gated`` pools it; ``pooled``: over all of them). Those M tasks
   pay for their folds; when the verdict is clear the other tasks follow it with no folds, else each decides
   on its own, as ``setfit_compare --replay N --pooled M`` replays it.
 
-Every row is paired, episode by episode, with the unguarded and the frozen rows.
+Every row is paired, episode by episode, with the unguarded and the frozen rows. ``--reference DIR`` reads those
+two rows from an earlier run of this script on the same learner, targets, settings and seed (only ``reuse`` rows
+then: the others need both paths of every task); each task a ``reuse`` row keeps frozen must score exactly the
+reference's frozen accuracy, else the episodes differ and the run stops.
 
     python -m experiments.guard_steps --learner runs/setfit_fewrel_5x5/5x5/learner \\
         --targets fewrel,huffpost --settings 5x5 --episodes 100 --guards recipe,0:2,0:5,pooled:30 --workers 2
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import time
 from typing import Optional, Sequence
@@ -51,6 +60,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     p.add_argument("--guards", default="recipe,0:2,0:5",
                    help="guard settings STEPS:FOLDS (FOLDS 'K': every shot), 'recipe' for the saved recipe's guard")
     p.add_argument("--workers", type=int, default=1, help="forked processes sharing the episodes")
+    p.add_argument("--reference", default=None, metavar="DIR",
+                   help="an earlier run of this script (same learner, targets, settings, seed, at least as many "
+                   "episodes): its unguarded and frozen rows are paired with instead of recomputed (reuse rows only)")
     args = p.parse_args(common.argv_of(argv))
     targets = common.choose(p, args.targets, TARGETS, "target")
     settings = common.parse_settings(args.settings)
@@ -67,22 +79,57 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     guards, pools = _guards(p, args.guards, learner.recipe)
     if args.quick:
         args.episodes = 3
+    reference = _reference(p, args, targets, settings, guards, pools) if args.reference else None
     start = common.setup(args)
     rows = []
     for name in targets:
         for n_way, k_shot in settings:
             family = common.target_spec(name, n_way=n_way, k_shot=k_shot, q_query=5)
             tasks = sample_tasks(family, "test", args.episodes, args.seed)
-            rows += cell(learner, tasks, guards, f"{name} {n_way}-way {k_shot}-shot", args, pools)
+            label = f"{name} {n_way}-way {k_shot}-shot"
+            rows += cell(learner, tasks, guards, label, args, pools, reference and reference[label])
     text = report(rows, learner.recipe, common.argv_of(argv), time.time() - start)
     return common.write_report(args.output_dir, text, {"rows": rows, "argv": common.argv_of(argv),
                                                          "recipe": learner.recipe.to_dict()})
 
 
+def _reference(p, args, targets, settings, guards, pools) -> dict[str, dict[str, dict]]:
+    """The unguarded and frozen rows of ``--reference``'s run, per cell, after checking it ran the same tasks."""
+    path = os.path.join(args.reference, "results.json")
+    if not os.path.isfile(path):
+        p.error(f"--reference {args.reference}: no results.json there; give an earlier guard_steps output folder")
+    if pools or any(not label.startswith("reuse") for label, _, _ in guards):
+        p.error("--reference pairs reuse rows only (the other guards need both paths of every task): give "
+                "--guards reuse or reuse:F")
+    run = common.read_json(path)
+    then = common.argv_of(run["argv"])
+    for option, now in (("--learner", args.learner), ("--seed", str(args.seed))):
+        if (common.option(then, option) or ("0" if option == "--seed" else None)) != now:
+            p.error(f"--reference {args.reference} ran {option} {common.option(then, option)}, not {now}: pair only with a "
+                    "run on the same learner and seed")
+    rows = {}
+    for name in targets:
+        for n_way, k_shot in settings:
+            label = f"{name} {n_way}-way {k_shot}-shot"
+            got = {r["method"]: r for r in run["rows"] if r["cell"] == label and r["method"] in ("unguarded", "frozen")}
+            if len(got) < 2 or got["unguarded"]["n"] < args.episodes:
+                p.error(f"--reference {args.reference} has no unguarded and frozen rows of {label} over at least "
+                        f"{args.episodes} episodes")
+            rows[label] = got
+    return rows
+
+
 def _guards(p, text: str, recipe) -> tuple[list[tuple[str, int, Optional[int]]], list[int]]:
-    """'recipe,0:2,0:K,pooled:30' -> ([(label, steps, folds)], [30]); folds None is K, pooled 0 is every task."""
+    """'recipe,0:2,0:K,reuse,pooled:30' -> ([(label, steps, folds)], [30]); folds None is K, pooled 0 every task."""
     out, pools = [], []
     for item in (s.strip() for s in text.split(",") if s.strip()):
+        if item == "reuse" or item.startswith("reuse:"):
+            f = item.partition(":")[2] or "1"
+            if not f.isdigit() or int(f) < 1:
+                p.error(f"--guards item {item!r} is invalid: reuse:F needs F >= 1 folds (reuse: one)")
+            steps = recipe.steps if recipe.guard_steps in (None, 0) else recipe.guard_steps
+            out.append((f"reuse {steps}:{f}", steps, int(f)))
+            continue
         if item == "pooled" or item.startswith("pooled:"):
             m = item.partition(":")[2]
             if m and (not m.isdigit() or int(m) < 2):
@@ -97,7 +144,7 @@ def _guards(p, text: str, recipe) -> tuple[list[tuple[str, int, Optional[int]]],
             steps, folds = item.split(":")
             steps, folds = int(steps), None if folds == "K" else int(folds)
         except ValueError:
-            p.error(f"--guards item {item!r} is not STEPS:FOLDS (e.g. 0:2, 10:K) or 'recipe'")
+            p.error(f"--guards item {item!r} is not STEPS:FOLDS (e.g. 0:2, 10:K), 'recipe' or 'reuse:F'")
         if steps < 0 or folds is not None and folds < 1:
             p.error(f"--guards item {item!r} is invalid: steps >= 0, folds >= 1 (or K)")
         out.append((f"guard {steps}:{folds or 'K'}", steps, folds))
@@ -108,10 +155,20 @@ def _guards(p, text: str, recipe) -> tuple[list[tuple[str, int, Optional[int]]],
     return out, pools
 
 
-def cell(learner, tasks, guards, label: str, args, pools: Sequence[int] = ()) -> list[dict]:
+def cell(learner, tasks, guards, label: str, args, pools: Sequence[int] = (),
+         reference: Optional[dict] = None) -> list[dict]:
     """Every row on one target's test tasks: per-episode accuracy and seconds, paired differences."""
+    reusing = {name: _reusing(learner, steps, folds) for name, steps, folds in guards if name.startswith("reuse")}
 
     def one(task) -> dict:
+        reused = {}
+        for name, view in reusing.items():
+            begin = time.perf_counter()
+            adapted = view.adapt(task.support)
+            acc = metrics.accuracy(adapted.predict(task.query).cpu().numpy(), np.asarray(task.query["label"]))
+            reused[name] = (acc, time.perf_counter() - begin, adapted.use, adapted.decision)
+        if reference is not None:
+            return reused
         start = time.perf_counter()
         meta = metrics.accuracy(learner.adapt(task.support, guard=False).predict(task.query).cpu().numpy(),
                                 np.asarray(task.query["label"]))
@@ -120,16 +177,27 @@ def cell(learner, tasks, guards, label: str, args, pools: Sequence[int] = ()) ->
                                   np.asarray(task.query["label"]))
         out = {"unguarded": (meta, mid - start), "frozen": (frozen, time.perf_counter() - mid)}
         for name, steps, folds in guards:
+            if name in reusing:
+                continue
             begin = time.perf_counter()
             decision = decide(learner, task, steps=steps, scale=learner.recipe.scale, folds=folds,
                               margin=learner.recipe.margin)
             path = out["unguarded" if decision["use"] == "meta" else "frozen"]
             out[name] = (path[0], time.perf_counter() - begin + path[1], decision["use"], decision)
-        return out
+        return {**out, **reused}
 
     with evaluation_mode([learner]):
         done = list(tqdm(forked_map(one, list(tasks), args.workers), total=len(tasks), desc=label,
                          disable=args.quiet))
+    if reference is not None:
+        for i, d in enumerate(done):
+            d["unguarded"], d["frozen"] = ((reference[m]["per_episode"][i], reference[m]["seconds"], m)
+                                           for m in ("unguarded", "frozen"))
+            for name in reusing:
+                if d[name][2] == "foundation" and d[name][0] != d["frozen"][0]:
+                    raise SystemExit(f"--reference {args.reference}: episode {i} kept frozen scores {d[name][0]}, the "
+                                     f"reference's frozen row {d['frozen'][0]}: not the same tasks")
+        done = [{m: d[m] for m in ("unguarded", "frozen", *reusing)} for d in done]
     verdicts = {}
     recipe = next((name for name, _, _ in guards if name.endswith("(recipe)")), None)
     for m in pools:
@@ -147,6 +215,13 @@ def cell(learner, tasks, guards, label: str, args, pools: Sequence[int] = ()) ->
                      "minus_frozen": metrics.paired_ci(acc[m], acc["frozen"]),
                      **({"verdict": verdicts[m]} if m in verdicts else {})})
     return rows
+
+
+def _reusing(learner, steps: int, folds: int):
+    """A view of ``learner`` whose recipe guards with ``folds`` folds of ``steps`` steps and reuses the first."""
+    view = copy.copy(learner)
+    view.recipe = dataclasses.replace(learner.recipe, folds=folds, guard_steps=steps, reuse_fold=True)
+    return view
 
 
 def _pool(done: list[dict], recipe: str, m: int, margin: float, name: str) -> dict:

@@ -30,12 +30,14 @@ episodes). Seconds are wall seconds per episode to adapt and score.
 at a time, no harness around it, ``metalearn.load(<setting>/learner).adapt(support).predict(query)`` on the
 first N test episodes of each setting, compared episode by episode with ``results.json`` (``replay.json``).
 With ``--guard-folds F`` it replays the saved recipe guarded by F support folds instead (``--guard-steps S``:
-each fold adapting S steps; 0 scores the unadapted init on them), and with ``--pooled``
+each fold adapting S steps; 0 scores the unadapted init on them; ``--reuse-fold``: an adapted task keeps its
+first fold's adaptation, ``Recipe.reuse_fold``), and with ``--pooled``
 behind a verdict pooled over the N support sets; ``--pooled M`` decides the verdict on the first M of them
 only, once for the target, and the rest follow it without folds (or decide on their own folds when it is
 unclear); ``--online`` settles it as the tasks arrive (``eval.guard.TargetGate``). Each is paired with every row
 of the run, on the episodes both have (``replay_guard_folds_F.json``, ``replay_pooled.json``,
-``replay_pooled_M.json``, ``replay_online.json``, ``replay_guard_steps_S.json``); these may replay more episodes than the run scored.
+``replay_pooled_M.json``, ``replay_online.json``, ``replay_guard_steps_S.json``, ``..._reuse_fold.json``); these may
+replay more episodes than the run scored.
 """
 from __future__ import annotations
 
@@ -77,6 +79,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     p.add_argument("--guard-steps", type=int, default=None,
                    help="inner steps of each guard fold (default: the recipe's steps; 0: the folds score the "
                    "meta-learned init unadapted, one forward of the support set for all of them)")
+    p.add_argument("--reuse-fold", action="store_true",
+                   help="a task the guard adapts keeps its first fold's adaptation (prototypes from all K shots) "
+                   "instead of adapting again on the whole support set (Recipe.reuse_fold); with --guard-folds 1 a "
+                   "guarded task costs less than one unguarded adaptation")
     p.add_argument("--step-tolerance", type=float, default=0.0,
                    help="the recipe takes the fewest steps whose validation accuracy is within this of the best "
                    "(0: the best; 0.02: two points, a tenth of the time where 1 step is as good as 10)")
@@ -106,8 +112,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if args.pooled is not None and not 2 <= (args.pooled or args.replay) <= args.replay:
         p.error(f"--pooled {args.pooled} is invalid: pool over 2 to --replay {args.replay} support sets (or give no "
                 "number: all of them)")
-    if args.guard_folds is not None and args.guard_folds < 2:
-        p.error(f"--guard-folds {args.guard_folds} is invalid: give at least 2 folds (or leave it out for K)")
+    if args.guard_folds is not None and args.guard_folds < 1:
+        p.error(f"--guard-folds {args.guard_folds} is invalid: give at least 1 fold (or leave it out for K)")
     if args.guard_steps is not None and args.guard_steps < 0:
         p.error(f"--guard-steps {args.guard_steps} is invalid: give a number of steps >= 0 (or leave it out)")
     args.output_dir = args.output_dir or os.path.join("runs", f"setfit_compare_{args.target or 'clinc150'}")
@@ -159,7 +165,7 @@ def cell(learner, args, n_way: int, k_shot: int, options: SetFitOptions) -> list
     family = target(args, n_way=n_way, k_shot=k_shot, q_query=5)
     recipe = metalearn.tune_recipe(learner, family, lr_grid=args.lr_grid, val_episodes=args.val_episodes,
                                    seed=args.seed + 1, folds=args.guard_folds, tolerance=args.step_tolerance,
-                                   guard_steps=args.guard_steps,
+                                   guard_steps=args.guard_steps, reuse_fold=args.reuse_fold,
                                    workers=args.workers)
     saved = os.path.join(args.output_dir, f"{n_way}x{k_shot}", "learner")
     learner.save(saved)  # with its recipe: the recipe row is what load(saved).adapt(support) does
@@ -244,7 +250,7 @@ def replay(args, settings, argv: list[str]) -> dict:
         raise SystemExit(f"--replay: {path} does not exist; run setfit_compare with --output-dir {out} first")
     run = common.read_json(path)
     saved = {r["setting"]: r for r in run["rows"] if r["method"] == "recipe"}
-    ran = run.get("target") or _option(run["argv"], "--target") or "clinc150"
+    ran = run.get("target") or common.option(run["argv"], "--target") or "clinc150"
     if args.target not in (None, ran):
         raise SystemExit(f"--replay: {path} is a run on {ran!r}, not --target {args.target!r}; leave --target out")
     args.target, args.splits = ran, args.splits or run.get("splits")  # the run's target and test classes
@@ -253,7 +259,7 @@ def replay(args, settings, argv: list[str]) -> dict:
     for n_way, k_shot in settings:
         setting = f"{n_way}-way {k_shot}-shot"
         other_guard = (args.guard_folds is not None or args.guard_steps is not None or args.pooled is not None
-                       or args.online)
+                       or args.online or args.reuse_fold)
         if setting not in saved or args.replay > len(saved[setting]["per_episode"]) and not other_guard:
             raise SystemExit(f"--replay {args.replay}: {path} has no {setting} recipe row with that many episodes "
                              "(another guard, --pooled or --online, may replay more: paired on the run's)")
@@ -262,6 +268,8 @@ def replay(args, settings, argv: list[str]) -> dict:
             learner.recipe = dataclasses.replace(learner.recipe, folds=args.guard_folds)
         if args.guard_steps is not None:
             learner.recipe = dataclasses.replace(learner.recipe, guard_steps=args.guard_steps)
+        if args.reuse_fold:
+            learner.recipe = dataclasses.replace(learner.recipe, reuse_fold=True)
         tasks = sample_tasks(target(args, n_way=n_way, k_shot=k_shot, q_query=5), "test", args.replay, args.seed)
         result = _recipe_column(learner, tasks, args.workers, pooled=args.pooled, online=args.online)
         now, seconds, kept = result["accuracy"], result["seconds"], result["kept_foundation"]
@@ -273,7 +281,8 @@ def replay(args, settings, argv: list[str]) -> dict:
         print(f"{setting}: {check['same']}/{len(now)} episodes identical, replayed mean {check['replayed_mean']:.4f}, "
               f"saved {check['saved_mean']:.4f}; kept the frozen encoder on {kept}; {check['seconds']:.2f} s / episode")
         if other_guard:  # paired with every row, on the episodes both have
-            check.update(guard_folds=args.guard_folds, guard_steps=args.guard_steps, pooled=args.pooled,
+            check.update(guard_folds=args.guard_folds, guard_steps=args.guard_steps, reuse_fold=args.reuse_fold,
+                         pooled=args.pooled,
                          online=args.online, minus={})
             if "verdict" in result:
                 check["verdict"] = result["verdict"]
@@ -287,19 +296,10 @@ def replay(args, settings, argv: list[str]) -> dict:
     pooled = "" if args.pooled is None else "_pooled" + (f"_{args.pooled}" if args.pooled else "")
     name = "replay" + pooled + ("_online" if args.online else "") + (
         f"_guard_folds_{args.guard_folds}" if args.guard_folds is not None else "") + (
-        f"_guard_steps_{args.guard_steps}" if args.guard_steps is not None else "") + ".json"
+        f"_guard_steps_{args.guard_steps}" if args.guard_steps is not None else "") + (
+        "_reuse_fold" if args.reuse_fold else "") + ".json"
     common.write_json(os.path.join(out, name), {"checks": checks, "argv": argv}, indent=1)
     return {"checks": checks}
-
-
-def _option(argv: list[str], name: str) -> Optional[str]:
-    """The value given to option ``name`` in ``argv`` (``--name value`` or ``--name=value``), else None."""
-    for i, arg in enumerate(argv):
-        if arg == name and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(name + "="):
-            return arg.split("=", 1)[1]
-    return None
 
 
 def report(rows: list[dict], args, argv: list[str], seconds: float) -> str:

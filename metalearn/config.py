@@ -307,6 +307,10 @@ class Recipe:
         guard_steps: inner steps each guard fold adapts (None: ``steps``). 0 scores the meta-learned init's
             prototypes on the folds without adapting: one forward of the support set for all folds.
         margin: held-out accuracy the adapted model must gain over the foundation to be kept.
+        reuse_fold: when the guard decides to adapt, keep its first fold's adaptation (the K-1 shots per class
+            it adapted on, ``guard_steps`` steps) with the prototype head recomputed on all K shots, instead of
+            adapting again on the whole support set. A guarded task then costs ``folds`` adaptations on
+            (K-1)/K of its support instead of one more on all of it: at one fold, less than an unguarded one.
         chosen_on: how the steps and scale were chosen (validation scores, episodes, grids), for the record.
     """
 
@@ -316,6 +320,7 @@ class Recipe:
     folds: Optional[int] = None
     margin: float = 0.0
     guard_steps: Optional[int] = None
+    reuse_fold: bool = False
     chosen_on: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -327,6 +332,10 @@ class Recipe:
         _check(self.guard_steps is None or _is_int(self.guard_steps) and self.guard_steps >= 0, "recipe.guard_steps",
                self.guard_steps, "use a number of steps >= 0 for the guard's folds, or None for the recipe's steps")
         _check(_is_number(self.margin) and self.margin >= 0, "recipe.margin", self.margin, "use a number >= 0")
+        _check(isinstance(self.reuse_fold, bool), "recipe.reuse_fold", self.reuse_fold, "use True or False")
+        _check(not (self.reuse_fold and self.guard_steps == 0), "recipe.reuse_fold", self.reuse_fold,
+               "a fold that adapts 0 steps (guard_steps=0) has no adaptation to reuse: set guard_steps > 0 "
+               "(or None, the recipe's steps), or reuse_fold=False")
         _check(isinstance(self.chosen_on, dict), "recipe.chosen_on", self.chosen_on, "use a dict")
 
     def to_dict(self) -> dict:

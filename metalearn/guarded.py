@@ -22,7 +22,7 @@ from .tasks.folds import fold_rows, support_folds
 from .tasks.task import Task
 from .types import Params
 
-__all__ = ["AdaptedModel", "decide", "guard_decision", "guard_settings", "recipe_settings"]
+__all__ = ["AdaptedModel", "decide", "guard_decision", "guard_settings", "recipe_settings", "whole_support_head"]
 
 PREDICT_BATCH = 64
 """Texts per forward pass when an encoder classifies: batches of similar length (``functional.pooled``), so a
@@ -101,7 +101,8 @@ class AdaptedModel:
 
 def decide(learner: Any, task: Task, *, steps: Optional[int] = None, scale: float = 1.0, folds: Optional[int] = None,
            margin: float = 0.0,
-           foundation_scores: Optional[Callable[[Task], dict]] = None) -> dict[str, Any]:
+           foundation_scores: Optional[Callable[[Task], dict]] = None,
+           on_fold: Optional[Callable[[int, Params, list[float]], None]] = None) -> dict[str, Any]:
     """``"meta"`` (adapt the meta-learned init) or ``"foundation"`` for one classification task, from its support.
 
     Over ``tasks.support_folds`` (leave-one-shot-out; K >= 2), the init adapts ``steps`` steps (step sizes
@@ -112,7 +113,7 @@ def decide(learner: Any, task: Task, *, steps: Optional[int] = None, scale: floa
 
     At ``steps=0`` the folds score the meta-learned init itself (its prototypes of each fold's rest, as a
     0-step adaptation has them): one forward of the support set serves every fold, instead of one
-    adaptation per fold.
+    adaptation per fold. ``on_fold(j, params, support_losses)`` receives each fold's adaptation (not at 0 steps).
     """
     if task.kind != "classification":
         raise ValueError(f"the guard holds out support examples of a classification task, not {task.kind!r}")
@@ -122,9 +123,11 @@ def decide(learner: Any, task: Task, *, steps: Optional[int] = None, scale: floa
         meta, base = _unadapted_fold_scores(learner, task, folds, foundation_scores)
     else:
         meta, base = [], []
-        for pseudo in support_folds(task, folds):
+        for j, pseudo in enumerate(support_folds(task, folds)):
             episode = learner.episode(dataclasses.replace(pseudo, query=pseudo.support))  # adaptation sees the rest
-            fast, _ = learner.adapt_params(episode, steps, scale)
+            fast, losses = learner.adapt_params(episode, steps, scale)
+            if on_fold is not None:
+                on_fold(j, fast, losses)
             with torch.no_grad():
                 query = learner.model.encode(pseudo.query, "classification")
                 meta.append(_scores(logits(learner.model, fast, query), query["label"]))
@@ -175,8 +178,10 @@ def _support_features(model: Any, params: Params, task: Task) -> torch.Tensor:
 
 
 def guard_decision(learner: Any, task: Task, guard: Union[bool, str, Mapping, None], steps: Optional[int],
-                   scale: float) -> dict[str, Any]:
+                   scale: float, on_fold: Optional[Callable[[int, Params, list[float]], None]] = None) -> dict[str, Any]:
     """Which way ``Learner.adapt`` goes for ``task`` (``"meta"`` or ``"foundation"``) and why, per its ``guard``.
+
+    ``on_fold`` receives each guard fold's adaptation when the guard decides here from the support folds.
 
     A mapping is a decision made elsewhere for this task (one of ``eval.guard.decide_gated``'s choices): its
     ``"use"`` is applied and the rest kept, so ``adapted.decision`` still shows the held-out scores.
@@ -213,10 +218,19 @@ def guard_decision(learner: Any, task: Task, guard: Union[bool, str, Mapping, No
             raise ValueError(f"guard=True holds support examples out, which needs K >= 2 per class (this support "
                              f"has {k}); pass guard=False, or a verdict ('meta' or 'foundation')")
         return {"use": "meta", "why": "K = 1: no support example to hold out, so the guard cannot decide"}
-    decision = decide(learner, task, **guard_settings(learner, scale=scale, adapt_steps=steps))
+    decision = decide(learner, task, **guard_settings(learner, scale=scale, adapt_steps=steps), on_fold=on_fold)
     acc = decision["held_out_accuracy"]
     return {**decision, "why": f"held-out support accuracy: adapted {acc['meta']:.3f}, foundation "
                                f"{acc['foundation']:.3f} over {decision['folds']} fold(s)"}
+
+
+def whole_support_head(learner: Any, params: Params, task: Task) -> Params:
+    """A guard fold's adaptation made the task's (``Recipe.reuse_fold``): its adapted tensors, with the prototype
+    head recomputed from the whole support set under them, so the held-out shots still place the prototypes."""
+    with torch.no_grad():
+        feats = _support_features(learner.model, params, task)
+        head = prototypes(learner.model, feats, torch.as_tensor(task.support["label"]), task.n_way)
+    return {**params, **head}
 
 
 def recipe_settings(learner: Any, steps: Optional[int] = None, scale: Optional[float] = None,

@@ -24,7 +24,7 @@ from . import card, files, quiet, saved
 from .attention_masks import vmappable_masks
 from .config import Recipe, RunConfig
 from .functional import feature_loss, outputs, prototype_head, prototypes, task_loss
-from .guarded import AdaptedModel, guard_decision, recipe_settings
+from .guarded import AdaptedModel, guard_decision, recipe_settings, whole_support_head
 from .inner import build as build_optimizer
 from .inner import initial_step_sizes, unroll
 from .inner.batched import unroll_batched
@@ -269,19 +269,28 @@ class Learner:
         the frozen foundation (``guarded.decide``; needs K >= 2 per class), ``False`` always adapts, ``"meta"`` or
         ``"foundation"`` applies a verdict made elsewhere, and so does one of ``eval.guard.decide_gated``'s
         choices (a verdict pooled over many tasks of one target, with its held-out scores). The
-        default is the recipe's guard, on for classification at K >= 2. ``adapted.decision`` says which way
-        it went and why. The model runs in eval mode (no dropout) throughout, whatever mode it was left in.
+        default is the recipe's guard, on for classification at K >= 2. With ``recipe.reuse_fold`` a task the
+        guard adapts keeps its first fold's adaptation (the prototypes from all K shots) instead of adapting
+        again on the whole support set. ``adapted.decision`` says which way it went and why. The model runs in eval mode (no dropout) throughout, whatever mode it was left in.
         """
         task = support if isinstance(support, Task) else Task(support, support, kind or self._default_kind(),
                                                               task_id="user")
         settings = recipe_settings(self, steps, scale)
         steps, scale = settings["steps"], settings["scale"]
+        folds: dict[int, tuple[Params, list[float]]] = {}
+        reuse = self.recipe is not None and self.recipe.reuse_fold
         with eval_mode(self.model):
-            decision = guard_decision(self, task, guard, steps, scale)
+            decision = guard_decision(self, task, guard, steps, scale,
+                                      on_fold=(lambda j, p, losses: folds.setdefault(j, (p, losses))) if reuse else None)
             if decision["use"] == "foundation":
                 return AdaptedModel(self, self.foundation_head(task), task.kind, [], use="foundation",
                                     decision=decision)
-            fast, losses = self.adapt_params(self.episode(task), steps, scale)
+            if 0 in folds:  # Recipe.reuse_fold: the first fold's adaptation, its head on the whole support set
+                fast, losses = whole_support_head(self, folds[0][0], task), folds[0][1]
+                decision = {**decision, "why": decision["why"] + "; kept the first fold's adaptation (K-1 shots per "
+                                                                 "class), its prototypes from all K"}
+            else:
+                fast, losses = self.adapt_params(self.episode(task), steps, scale)
         return AdaptedModel(self, fast, task.kind, losses, decision=decision)
 
     def write_params(self, params: Params) -> None:

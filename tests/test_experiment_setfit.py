@@ -72,6 +72,22 @@ def test_replay_with_other_guard_folds_pairs_with_every_row(quick_run):
     assert json.loads((out / "replay_guard_folds_2.json").read_text())["checks"] == json.loads(json.dumps([check]))
 
 
+def test_replay_with_a_reused_single_fold_pairs_with_every_row(quick_run, monkeypatch):
+    out, payload = quick_run
+    import metalearn.learner
+
+    reused = []
+    head = metalearn.learner.whole_support_head
+    monkeypatch.setattr(metalearn.learner, "whole_support_head", lambda *a: reused.append(1) or head(*a))
+    replayed = setfit_compare.main(["--settings", "5x2", "--replay", "4", "--guard-folds", "1", "--reuse-fold",
+                                    "--output-dir", str(out)])
+    check, = replayed["checks"]
+    assert check["reuse_fold"] and check["guard_folds"] == 1 and set(check["minus"]) == set(setfit_compare.METHODS)
+    assert len(reused) == 4 - check["kept_foundation"]  # every adapted task kept its fold's adaptation
+    saved = json.loads((out / "replay_guard_folds_1_reuse_fold.json").read_text())["checks"]
+    assert saved == json.loads(json.dumps([check]))
+    assert not metalearn.load(str(out / "5x2" / "learner")).recipe.reuse_fold  # the saved recipe is untouched
+
 
 def test_replay_with_a_zero_step_guard_keeps_either_the_adapted_init_or_the_frozen_encoder(quick_run):
     out, payload = quick_run
@@ -197,3 +213,27 @@ def test_guard_steps_pooled_rows_follow_decide_gateds_verdict(quick_run, tmp_pat
     assert "pooled:2: verdict" in (tmp_path / "table.md").read_text()
     with pytest.raises(SystemExit):  # pooling needs the recipe guard's folds
         guard_steps.main(["--learner", str(saved), "--guards", "0:2,pooled", "--output-dir", str(tmp_path)])
+
+
+def test_guard_steps_reuse_rows_pair_with_a_reference_run_instead_of_recomputing(quick_run, tmp_path):
+    out, _ = quick_run
+    saved = str(out / "5x2" / "learner")
+    first = guard_steps.main(["--learner", saved, "--targets", "clinc150", "--settings", "5x2", "--episodes", "3",
+                              "--guards", "recipe,reuse", "--quiet", "--output-dir", str(tmp_path / "a")])
+    got = {r["method"]: r for r in first["rows"]}
+    steps = metalearn.load(saved).recipe.steps
+    assert list(got) == ["unguarded", "frozen", next(m for m in got if m.endswith("(recipe)")), f"reuse {steps}:1"]
+    again = guard_steps.main(["--learner", saved, "--targets", "clinc150", "--settings", "5x2", "--episodes", "3",
+                              "--guards", "reuse", "--reference", str(tmp_path / "a"), "--quiet",
+                              "--output-dir", str(tmp_path / "b")])
+    now = {r["method"]: r for r in again["rows"]}
+    assert list(now) == ["unguarded", "frozen", f"reuse {steps}:1"]
+    for m in now:  # the same tasks: the reference's rows, and the reuse row computed again
+        assert now[m]["per_episode"] == got[m]["per_episode"]
+        assert now[m]["minus_unguarded"] == pytest.approx(got[m]["minus_unguarded"])
+    with pytest.raises(SystemExit):  # another seed: other tasks
+        guard_steps.main(["--learner", saved, "--settings", "5x2", "--guards", "reuse", "--seed", "1",
+                          "--reference", str(tmp_path / "a"), "--output-dir", str(tmp_path / "c")])
+    with pytest.raises(SystemExit):  # the recipe guard needs both paths of every task
+        guard_steps.main(["--learner", saved, "--settings", "5x2", "--guards", "recipe",
+                          "--reference", str(tmp_path / "a"), "--output-dir", str(tmp_path / "c")])

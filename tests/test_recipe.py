@@ -159,7 +159,9 @@ def test_a_verdict_pooled_over_a_users_support_sets_uses_the_recipe_and_goes_to_
 
 @pytest.mark.parametrize("bad, match", [
     (dict(steps=-1), "recipe.steps=-1"), (dict(steps=2, scale=0), "recipe.scale=0"),
-    (dict(steps=2, folds=0), "recipe.folds=0"), (dict(steps=2, margin=-0.1), "recipe.margin=-0.1")])
+    (dict(steps=2, folds=0), "recipe.folds=0"), (dict(steps=2, margin=-0.1), "recipe.margin=-0.1"),
+    (dict(steps=2, reuse_fold=1), "recipe.reuse_fold=1"),
+    (dict(steps=2, reuse_fold=True, guard_steps=0), "has no adaptation to reuse")])
 def test_bad_recipes_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):
         Recipe(**bad)
@@ -277,3 +279,39 @@ def test_guard_steps_are_saved_with_the_recipe_and_checked(tmp_path):
     assert Recipe.from_dict(old).guard_steps is None
     with pytest.raises(ValueError, match="recipe.guard_steps=-1"):
         metalearn.tune_recipe(learner, IntentFamily(), guard_steps=-1)
+
+
+@pytest.mark.parametrize("folds", [1, 2])
+def test_reuse_fold_keeps_the_first_folds_adaptation_with_prototypes_of_the_whole_support(monkeypatch, tmp_path, folds):
+    from metalearn.functional import prototype_head
+    from metalearn.tasks.folds import support_folds
+
+    learner = encoder_learner()
+    t = task(1)
+    learner.recipe = Recipe(steps=2, scale=3.0, guard=True, folds=folds, reuse_fold=True)
+    learner.save(str(tmp_path / "init"))
+    learner = metalearn.load(str(tmp_path / "init"), model=small_bert())
+    assert learner.recipe.reuse_fold
+    monkeypatch.setattr(metalearn.guarded, "_foundation_fold_scores",  # the foundation loses every fold: adapt
+                        lambda learner, pseudo: {"accuracy": -1.0, "nll": float("inf")})
+    calls = []
+    adapt_params = learner.adapt_params
+    monkeypatch.setattr(learner, "adapt_params", lambda *a, **k: calls.append(a[1:]) or adapt_params(*a, **k))
+    adapted = learner.adapt(t.support)
+    assert adapted.use == "meta" and "first fold's adaptation" in adapted.decision["why"]
+    assert calls == [(2, 3.0)] * folds  # the folds' adaptations only: none again on the whole support set
+    # independently: fold 0 adapted by hand, then ProtoMAML's head on the whole (one-batch) support set
+    pseudo = support_folds(t, folds)[0]
+    fold, losses = adapt_params(learner.episode(metalearn.tasks.Task(pseudo.support, pseudo.support, t.kind)), 2, 3.0)
+    expected = {**fold, **prototype_head(learner.model, fold, learner.model.encode(t.support, "classification"),
+                                         t.n_way)}
+    assert set(adapted.params) == set(expected) and adapted.support_losses == pytest.approx(losses)
+    for n, v in expected.items():
+        torch.testing.assert_close(adapted.params[n], v, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(adapted.params["head.weight"], fold["head.weight"])  # the head saw the held-out shots
+    refit = Recipe(steps=2, scale=3.0, guard=True, folds=folds)
+    learner.recipe = refit
+    calls.clear()
+    again = learner.adapt(t.support)
+    assert calls == [(2, 3.0)] * folds + [(2, 3.0)]  # without reuse_fold: one more adaptation, on all K shots
+    assert "first fold" not in again.decision["why"]

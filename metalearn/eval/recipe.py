@@ -34,7 +34,7 @@ DEFAULT_RECIPE_STEPS = (1, 2, 3, 5, 10)
 def tune_recipe(learner: Learner, family: Any, *, steps: Sequence[int] = DEFAULT_RECIPE_STEPS,
                 lr_grid: Sequence[float] = DEFAULT_LR_GRID, val_episodes: int = 32, seed: int = 0,
                 guard: bool = True, folds: Optional[int] = None, margin: float = 0.0, tolerance: float = 0.0,
-                guard_steps: Optional[int] = None, workers: int = 1) -> Recipe:
+                guard_steps: Optional[int] = None, reuse_fold: bool = False, workers: int = 1) -> Recipe:
     """Choose the test-time step count and step-size multiplier on ``family``'s val split; set ``learner.recipe``.
 
     Args:
@@ -52,6 +52,8 @@ def tune_recipe(learner: Learner, family: Any, *, steps: Sequence[int] = DEFAULT
             cannot tell a point apart: on FewRel 5-way 1-shot, 1 step scored 0.719 and 10 steps 0.731.
         guard_steps: inner steps of each guard fold (None: the chosen steps; 0: the folds score the
             meta-learned init unadapted, one forward of the support set for all of them).
+        reuse_fold: a task the guard adapts keeps its first fold's adaptation (prototypes from all K shots)
+            instead of adapting again on the whole support set (``Recipe.reuse_fold``).
         workers: forked processes sharing the validation tasks.
 
     Returns:
@@ -59,7 +61,8 @@ def tune_recipe(learner: Learner, family: Any, *, steps: Sequence[int] = DEFAULT
         ``tolerance``) go to the fewer steps: they are cheaper and forget less.
     """
     check_recipe_options(steps=steps, lr_grid=lr_grid, val_episodes=val_episodes, seed=seed, guard=guard,
-                         folds=folds, margin=margin, tolerance=tolerance, guard_steps=guard_steps, workers=workers)
+                         folds=folds, margin=margin, tolerance=tolerance, guard_steps=guard_steps,
+                         reuse_fold=reuse_fold, workers=workers)
     tasks = sample_tasks(family, "val", val_episodes, seed)
     with evaluation_mode([learner]):
         episodes = [(task, support_episode(learner, task)) for task in tasks]
@@ -72,14 +75,14 @@ def tune_recipe(learner: Learner, family: Any, *, steps: Sequence[int] = DEFAULT
                  "val_scores": {str(s): float(t[2][t[0]]) for s, t in sorted(tuned.items())},
                  "scales": {str(s): float(t[0]) for s, t in sorted(tuned.items())}}
     learner.recipe = Recipe(steps=best, scale=float(scale), guard=guard, folds=folds, margin=margin,
-                            guard_steps=guard_steps, chosen_on=chosen_on)
+                            guard_steps=guard_steps, reuse_fold=reuse_fold, chosen_on=chosen_on)
     return learner.recipe
 
 
 def check_recipe_options(*, steps: Sequence[int] = DEFAULT_RECIPE_STEPS, lr_grid: Sequence[float] = DEFAULT_LR_GRID,
                          val_episodes: int = 32, seed: int = 0, guard: bool = True, folds: Optional[int] = None,
                          margin: float = 0.0, tolerance: float = 0.0, guard_steps: Optional[int] = None,
-                         workers: int = 1) -> None:
+                         reuse_fold: bool = False, workers: int = 1) -> None:
     """Raise ``ValueError`` naming the fix if ``tune_recipe`` would refuse these options (before any work)."""
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
         raise ValueError(f"seed={seed!r} is invalid: use an integer")
@@ -92,7 +95,8 @@ def check_recipe_options(*, steps: Sequence[int] = DEFAULT_RECIPE_STEPS, lr_grid
     if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or not 0 <= tolerance < math.inf:
         raise ValueError(f"tolerance={tolerance!r} is invalid: use a finite score difference >= 0, e.g. 0.01")
     check_workers(workers)
-    Recipe(steps=1, guard=guard, folds=folds, margin=margin, guard_steps=guard_steps)  # the guard settings
+    Recipe(steps=1, guard=guard, folds=folds, margin=margin, guard_steps=guard_steps,
+           reuse_fold=reuse_fold)  # the guard settings
 
 
 def fewest_within(scores: dict[int, float], higher_is_better: bool, tolerance: float = 0.0) -> int:

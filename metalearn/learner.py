@@ -271,7 +271,8 @@ class Learner:
         choices (a verdict pooled over many tasks of one target, with its held-out scores). The
         default is the recipe's guard, on for classification at K >= 2. With ``recipe.reuse_fold`` a task the
         guard adapts keeps its first fold's adaptation (the prototypes from all K shots) instead of adapting
-        again on the whole support set. ``adapted.decision`` says which way it went and why. The model runs in eval mode (no dropout) throughout, whatever mode it was left in.
+        again on the whole support set. ``adapted.decision`` says which way it went and why. The model runs in
+        eval mode (no dropout) throughout, whatever mode it was left in.
         """
         task = support if isinstance(support, Task) else Task(support, support, kind or self._default_kind(),
                                                               task_id="user")
